@@ -1,0 +1,219 @@
+"""Quantization formats: a number grid plus the tile of elements sharing a scale.
+
+A format is static (hashable, frozen) metadata. It says how a tensor is
+quantized; :func:`lowprec_jax.formats.quantize` does it.
+
+Tiles are defined on the last two axes of a tensor, read as a matrix of
+``rows x cols``; every leading axis gets its own scales. ``tile=None`` means
+one scale for the whole tensor (all axes). A tile entry of ``None`` spans the
+whole axis, so ``(1, None)`` is one scale per row and ``(1, 128)`` is groups
+of 128 consecutive elements along a row. Inside the quantized matmul the
+operands are laid out as ``(batch, rows, contraction)``, so a ``(1, 128)``
+tile groups along the contraction axis.
+
+Every format quantizes with
+
+    scale = absmax(tile) / qmax        (fp32; 1 for an all-zero tile)
+    q     = round(x * (1 / scale))     (saturated to the grid)
+    x_hat = q * scale
+
+and formats follow the abstract/final rule: :class:`QuantFormat` is abstract,
+:class:`Int8Block` and :class:`Fp8` are final.
+"""
+
+import abc
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+import numpy as np
+
+Tile = tuple[int | None, int | None] | None
+Rounding = Literal["nearest", "stochastic"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
+
+INT8_BLOCK_SIZES = (32, 64, 128)
+FP8_TILE_SIZES = (16, 32, 64, 128, 256)
+_FP8_DTYPES = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
+
+
+class QuantFormat(abc.ABC):
+  """A quantized number format and its scaling tile (abstract)."""
+
+  @property
+  @abc.abstractmethod
+  def storage_dtype(self) -> np.dtype:
+    """dtype of the stored codes."""
+
+  @property
+  @abc.abstractmethod
+  def qmax(self) -> float:
+    """Largest representable code magnitude; absmax maps onto it."""
+
+  @property
+  @abc.abstractmethod
+  def tile(self) -> Tile:
+    """Elements sharing one scale on the last two axes (None: per-tensor)."""
+
+  @property
+  @abc.abstractmethod
+  def name(self) -> str:
+    """Short name used in the census and error messages."""
+
+  @abc.abstractmethod
+  def transpose(self) -> "QuantFormat":
+    """The format of the same codes after swapping the last two axes."""
+
+  @property
+  def family(self) -> str:
+    """'int8' or 'fp8': operands of one GEMM must share a family."""
+    return "int8" if self.storage_dtype == np.dtype(np.int8) else "fp8"
+
+
+def _check_size(name: str, value: int, allowed: tuple[int, ...]) -> None:
+  if not isinstance(value, int) or isinstance(value, bool):
+    raise ValueError(
+      f"{name} must be an int in {allowed}, got {value!r} "
+      f"of type {type(value).__name__}"
+    )
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {allowed}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Int8Block(QuantFormat):
+  """INT8 codes in [-127, 127] with one fp32 scale per square block.
+
+  Jetfire's format: ``s = absmax(block) / 127``, ``q = rint(x / s)``. The
+  block is square, so the same codes and scale grid quantize ``X`` and
+  ``X^T``: one quantization serves the forward and both backward GEMMs.
+  -128 is never produced (the grid is symmetric).
+
+  Args:
+    block: block side; 32 (Jetfire, the default), 64 or 128 (Hopper).
+  """
+
+  block: int = 32
+
+  def __post_init__(self):
+    _check_size("Int8Block.block", self.block, INT8_BLOCK_SIZES)
+
+  @property
+  def storage_dtype(self) -> np.dtype:
+    return np.dtype(np.int8)
+
+  @property
+  def qmax(self) -> float:
+    return 127.0
+
+  @property
+  def tile(self) -> Tile:
+    return (self.block, self.block)
+
+  @property
+  def name(self) -> str:
+    return f"int8_block{self.block}"
+
+  def transpose(self) -> "Int8Block":
+    return self
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fp8(QuantFormat):
+  """FP8 codes (E4M3 or E5M2) with fp32 scales over a tile.
+
+  ``s = absmax(tile) / fmax`` with ``fmax`` = 448 (E4M3) or 57344 (E5M2); the
+  scaled value is cast with round-to-nearest-even after saturating to
+  ``[-fmax, fmax]`` (E4M3 has no infinity: an unsaturated overflow is NaN).
+
+  Use the constructors: :meth:`per_tensor`, :meth:`per_row`,
+  :meth:`groups` (1 x G), :meth:`blocks` (B x B).
+
+  Args:
+    dtype: "e4m3" (``float8_e4m3fn``) or "e5m2" (``float8_e5m2``).
+    tile: see the module docstring; ``None`` is per-tensor.
+  """
+
+  dtype: Literal["e4m3", "e5m2"] = "e4m3"
+  tile_shape: Tile = None
+
+  def __post_init__(self):
+    if self.dtype not in _FP8_DTYPES:
+      raise ValueError(
+        f"Fp8.dtype must be one of {tuple(_FP8_DTYPES)}, got {self.dtype!r}"
+      )
+    tile = self.tile_shape
+    if tile is None:
+      return
+    if not (isinstance(tile, tuple) and len(tile) == 2):
+      raise ValueError(
+        f"Fp8.tile_shape must be None or a pair (rows, cols), got {tile!r}"
+      )
+    rows, cols = tile
+    if rows is None or cols is None:
+      if (rows, cols) not in ((1, None), (None, 1)):
+        raise ValueError(
+          "Fp8.tile_shape with a whole-axis entry must be (1, None) or "
+          f"(None, 1), got {tile!r}"
+        )
+      return
+    if 1 in tile:
+      other = cols if rows == 1 else rows
+      _check_size("Fp8 group size", other, FP8_TILE_SIZES)
+      return
+    if rows != cols:
+      raise ValueError(
+        f"Fp8 blocks must be square or 1 x G groups, got tile_shape={tile}"
+      )
+    _check_size("Fp8 block size", rows, FP8_TILE_SIZES)
+
+  @classmethod
+  def per_tensor(cls, dtype: Literal["e4m3", "e5m2"] = "e4m3") -> "Fp8":
+    """One scale for the whole tensor (current scaling)."""
+    return cls(dtype, None)
+
+  @classmethod
+  def per_row(cls, dtype: Literal["e4m3", "e5m2"] = "e4m3") -> "Fp8":
+    """One scale per row (per token for activations)."""
+    return cls(dtype, (1, None))
+
+  @classmethod
+  def groups(cls, size: int = 128, dtype: Literal["e4m3", "e5m2"] = "e4m3"):
+    """One scale per 1 x ``size`` group along the last axis."""
+    return cls(dtype, (1, size))
+
+  @classmethod
+  def blocks(cls, size: int = 128, dtype: Literal["e4m3", "e5m2"] = "e4m3"):
+    """One scale per ``size`` x ``size`` block of the last two axes."""
+    return cls(dtype, (size, size))
+
+  @property
+  def storage_dtype(self) -> np.dtype:
+    return np.dtype(_FP8_DTYPES[self.dtype])
+
+  @property
+  def qmax(self) -> float:
+    return float(jnp.finfo(_FP8_DTYPES[self.dtype]).max)
+
+  @property
+  def tile(self) -> Tile:
+    return self.tile_shape
+
+  @property
+  def name(self) -> str:
+    tile = self.tile_shape
+    if tile is None:
+      granularity = "tensor"
+    elif tile == (1, None):
+      granularity = "row"
+    elif tile == (None, 1):
+      granularity = "col"
+    else:
+      granularity = f"{tile[0]}x{tile[1]}"
+    return f"{self.dtype}_{granularity}"
+
+  def transpose(self) -> "Fp8":
+    if self.tile_shape is None:
+      return self
+    rows, cols = self.tile_shape
+    return Fp8(self.dtype, (cols, rows))

@@ -1,0 +1,89 @@
+"""QTensor: quantized codes plus fp32 scales, as one pytree."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from lowprec_jax.formats._format import QuantFormat
+from lowprec_jax.formats._tiles import expand_scale, scale_shape
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QTensor:
+  """A quantized tensor: ``x ~= qvalue * scale`` (scale broadcast per tile).
+
+  Invariants (checked by :meth:`validate`):
+
+  * ``qvalue`` has the logical shape and ``format.storage_dtype``; ragged
+    tails are stored, never dropped or padded away;
+  * ``scale`` is float32 with the same rank and shape
+    ``ceil(qvalue.shape / tile)`` (all ones for per-tensor);
+  * ``format`` and ``dtype`` (what :meth:`dequantize` returns by default) are
+    static metadata, so a QTensor passes through ``jit``, ``vmap``,
+    ``custom_vjp`` residuals and checkpoints as two arrays.
+  """
+
+  qvalue: Array
+  scale: Array
+  format: QuantFormat = dataclasses.field(metadata=dict(static=True))
+  dtype: np.dtype = dataclasses.field(
+    default=np.dtype(np.float32), metadata=dict(static=True)
+  )
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.qvalue.shape)
+
+  @property
+  def ndim(self) -> int:
+    return self.qvalue.ndim
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes of codes plus scales (what is stored or saved)."""
+    return int(self.qvalue.nbytes) + int(self.scale.nbytes)
+
+  @property
+  def mT(self) -> "QTensor":
+    """The transpose of the last two axes, with no requantization.
+
+    For square blocks and per-tensor scales this is exactly the quantization
+    of ``x.mT``; other tiles turn into their transposes (rows <-> columns).
+    """
+    if self.ndim < 2:
+      raise ValueError(f"mT needs at least 2 axes, got shape {self.shape}")
+    return QTensor(
+      jnp.swapaxes(self.qvalue, -1, -2),
+      jnp.swapaxes(self.scale, -1, -2),
+      self.format.transpose(),
+      self.dtype,
+    )
+
+  def dequantize(self, dtype=None) -> Array:
+    """Returns ``qvalue * scale`` in fp32, cast to ``dtype`` (default: .dtype)."""
+    full = expand_scale(self.scale, self.format.tile, self.shape)
+    value = self.qvalue.astype(jnp.float32) * full
+    return value.astype(self.dtype if dtype is None else dtype)
+
+  def validate(self) -> "QTensor":
+    """Raises ValueError if an invariant is broken; returns self."""
+    fmt = self.format
+    if not isinstance(fmt, QuantFormat):
+      raise ValueError(f"QTensor.format must be a QuantFormat, got {fmt!r}")
+    if self.qvalue.dtype != fmt.storage_dtype:
+      raise ValueError(
+        f"QTensor.qvalue has dtype {self.qvalue.dtype} and shape "
+        f"{self.shape}; format {fmt.name} expects {fmt.storage_dtype}"
+      )
+    expected = scale_shape(self.shape, fmt.tile)
+    if self.scale.dtype != jnp.float32 or tuple(self.scale.shape) != expected:
+      raise ValueError(
+        f"QTensor.scale has shape {tuple(self.scale.shape)} and dtype "
+        f"{self.scale.dtype}; for qvalue shape {self.shape} and format "
+        f"{fmt.name} expected float32 of shape {expected}"
+      )
+    return self

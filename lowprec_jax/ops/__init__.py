@@ -1,0 +1,43 @@
+"""Quantized matmuls with custom VJPs, their configs, recipes and census.
+
+Public API: :func:`quantized_dot_general`, :class:`DotQuantConfig`,
+:class:`GemmQuant`, :class:`OperandQuant`, the recipes (:func:`bf16`,
+:func:`jetfire_int8`, :func:`fp8_current`, :func:`fp8_block`,
+:func:`get_recipe`, ``RECIPES``), :func:`census` and ``RESIDUAL_NAMES``.
+"""
+
+from lowprec_jax.ops._census import Census as Census
+from lowprec_jax.ops._census import GemmRecord as GemmRecord
+from lowprec_jax.ops._census import census as census
+from lowprec_jax.ops._config import DotQuantConfig as DotQuantConfig
+from lowprec_jax.ops._config import GemmQuant as GemmQuant
+from lowprec_jax.ops._config import OperandQuant as OperandQuant
+from lowprec_jax.ops._dispatch import available as available_implementations
+from lowprec_jax.ops._dot_general import RESIDUAL_NAMES as RESIDUAL_NAMES
+from lowprec_jax.ops._dot_general import (
+  quantized_dot_general as quantized_dot_general,
+)
+from lowprec_jax.ops._recipes import RECIPES as RECIPES
+from lowprec_jax.ops._recipes import bf16 as bf16
+from lowprec_jax.ops._recipes import fp8_block as fp8_block
+from lowprec_jax.ops._recipes import fp8_current as fp8_current
+from lowprec_jax.ops._recipes import get_recipe as get_recipe
+from lowprec_jax.ops._recipes import jetfire_int8 as jetfire_int8
+
+__all__ = (
+  "RECIPES",
+  "RESIDUAL_NAMES",
+  "Census",
+  "DotQuantConfig",
+  "GemmQuant",
+  "GemmRecord",
+  "OperandQuant",
+  "available_implementations",
+  "bf16",
+  "census",
+  "fp8_block",
+  "fp8_current",
+  "get_recipe",
+  "jetfire_int8",
+  "quantized_dot_general",
+)

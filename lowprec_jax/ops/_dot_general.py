@@ -1,0 +1,331 @@
+"""quantized_dot_general: ``lax.dot_general`` with quantized GEMMs and VJP.
+
+The operands are put in the canonical layout (``_dimension_numbers``) outside
+the ``custom_vjp``, so autodiff handles the transposes and the custom rule
+only ever sees ``(B, M, K) x (B, N, K) -> (B, M, N)``:
+
+* forward: quantize lhs and rhs (``config.fwd``), run the GEMM, save the
+  quantized tensors and scales as residuals, named with ``checkpoint_name``
+  (``RESIDUAL_NAMES``) so remat policies can keep or drop them;
+* backward: quantize the cotangent g (``config.dlhs.lhs``, and
+  ``config.drhs.lhs`` unless one quantization can serve both), consume the
+  residuals (reused, or requantized when a GEMM wants another tile), run
+  ``dlhs = g . rhs^T`` and ``drhs = g^T . lhs^T``, and cast each cotangent
+  to its primal's dtype.
+
+Every GEMM runs inside a ``jax.named_scope`` that records its role,
+implementation, formats and shape; :func:`lowprec_jax.ops.census` reads those
+scopes back from the traced program.
+"""
+
+import dataclasses
+import functools
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array, lax
+from jax.ad_checkpoint import checkpoint_name
+
+from lowprec_jax.formats._hash import derive_seed
+from lowprec_jax.formats._qtensor import QTensor
+from lowprec_jax.formats._quantize import (
+  FLOAT_DTYPES,
+  as_seed,
+  check_float_array,
+  quantize,
+)
+from lowprec_jax.ops import _dispatch
+from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
+from lowprec_jax.ops._dimension_numbers import canonicalize
+from lowprec_jax.ops._recipes import get_recipe
+
+RESIDUAL_NAMES = (
+  "lowprec_lhs",
+  "lowprec_lhs_scale",
+  "lowprec_rhs",
+  "lowprec_rhs_scale",
+  "lowprec_seed",
+)
+
+# Salts that give each quantization of one call its own noise stream.
+_SALT_FWD_LHS, _SALT_FWD_RHS = 1, 2
+_SALT_G_DLHS, _SALT_G_DRHS = 3, 4
+_SALT_REQUANT_DLHS, _SALT_REQUANT_DRHS = 5, 6
+
+_NT_BATCHED = (((2,), (2,)), ((0,), (0,)))
+_gemm_ids = itertools.count()
+
+Operand = QTensor | Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Static facts of one call, passed to the custom_vjp as nondiff data."""
+
+  config: DotQuantConfig
+  implementation: str
+  lhs_dtype: np.dtype
+  rhs_dtype: np.dtype
+  out_dtype: np.dtype
+  precision: Any
+  gemm_id: int
+
+
+def _seeded(seed: Array, salt: int, want: OperandQuant):
+  if want.rounding != "stochastic":
+    return None
+  return derive_seed(seed, salt)
+
+
+def _prepare(x: Array, want: OperandQuant, seed: Array, salt: int) -> Operand:
+  """Quantizes a full-precision operand as ``want`` says (or passes it)."""
+  if want.format is None:
+    return x
+  with jax.named_scope("lowprec_quantize"):
+    return quantize(
+      x,
+      want.format,
+      rounding=want.rounding,
+      seed=_seeded(seed, salt, want),
+    )
+
+
+def _consume(
+  residual: Operand, want: OperandQuant, seed: Array, salt: int
+) -> tuple[Operand, str]:
+  """Turns a (transposed) residual into the operand a backward GEMM wants.
+
+  Returns the operand and a census note ("" or "~requantized").
+  """
+  if not isinstance(residual, QTensor):
+    return _prepare(residual, want, seed, salt), ""
+  if want.format is None:
+    return residual.dequantize(), ""
+  if residual.format == want.format:
+    return residual, ""
+  high = residual.dequantize(jnp.float32)
+  return _prepare(high, want, seed, salt), "~requantized"
+
+
+def _transposed(x: Operand) -> Operand:
+  return x.mT if isinstance(x, QTensor) else jnp.swapaxes(x, -1, -2)
+
+
+def _gemm(
+  a: Operand,
+  b: Operand,
+  out_dtype,
+  plan: _Plan,
+  role: str,
+  spec: GemmQuant,
+  note: str = "",
+) -> Array:
+  """Runs one canonical GEMM inside a census-readable named scope."""
+  quantized = isinstance(a, QTensor)
+  impl = plan.implementation if quantized else "none"
+  lhs = spec.lhs.name if quantized else "none"
+  rhs = (spec.rhs.name if quantized else "none") + note
+  bsz, m, k = a.shape
+  n = b.shape[1]
+  tag = (
+    f"lowprec[gemm={plan.gemm_id};role={role};impl={impl};lhs={lhs};"
+    f"rhs={rhs};bmnk={bsz}x{m}x{n}x{k}]"
+  )
+  with jax.named_scope(tag):
+    if quantized:
+      gemm = _dispatch.resolve(plan.implementation, plan.config)
+      return gemm(a, b, out_dtype)
+    out = lax.dot_general(
+      a,
+      b,
+      _NT_BATCHED,
+      precision=plan.precision,
+      preferred_element_type=jnp.float32,
+    )
+    return out.astype(out_dtype)
+
+
+def _named(x: Operand, side: str) -> Operand:
+  if isinstance(x, QTensor):
+    return QTensor(
+      checkpoint_name(x.qvalue, f"lowprec_{side}"),
+      checkpoint_name(x.scale, f"lowprec_{side}_scale"),
+      x.format,
+      x.dtype,
+    )
+  return checkpoint_name(x, f"lowprec_{side}")
+
+
+def _forward(lhs3, rhs3, seed, plan: _Plan):
+  cfg = plan.config.fwd
+  a = _prepare(lhs3, cfg.lhs, seed, _SALT_FWD_LHS)
+  b = _prepare(rhs3, cfg.rhs, seed, _SALT_FWD_RHS)
+  return _gemm(a, b, plan.out_dtype, plan, "fwd", cfg), a, b
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _qdot(lhs3, rhs3, seed, plan):
+  return _forward(lhs3, rhs3, seed, plan)[0]
+
+
+def _qdot_fwd(lhs3, rhs3, seed, plan):
+  out, a, b = _forward(lhs3, rhs3, seed, plan)
+  seed = checkpoint_name(seed, "lowprec_seed")
+  return out, (_named(a, "lhs"), _named(b, "rhs"), seed)
+
+
+def _qdot_bwd(plan, res, g):
+  a, b, seed = res
+  cfg = plan.config
+  # dlhs (B, M, K) = g (B, M, N) . rhs^T
+  g_dlhs = _prepare(g, cfg.dlhs.lhs, seed, _SALT_G_DLHS)
+  w, note = _consume(_transposed(b), cfg.dlhs.rhs, seed, _SALT_REQUANT_DLHS)
+  dlhs = _gemm(g_dlhs, w, plan.lhs_dtype, plan, "dlhs", cfg.dlhs, note)
+  # drhs (B, N, K) = g^T (B, N, M) . lhs^T
+  want = cfg.drhs.lhs
+  if (
+    isinstance(g_dlhs, QTensor)
+    and want.format == g_dlhs.format.transpose()
+    and want.rounding == cfg.dlhs.lhs.rounding
+  ):
+    g_drhs = g_dlhs.mT  # one quantization of g serves both GEMMs
+  else:
+    g_drhs = _prepare(jnp.swapaxes(g, -1, -2), want, seed, _SALT_G_DRHS)
+  x, note = _consume(_transposed(a), cfg.drhs.rhs, seed, _SALT_REQUANT_DRHS)
+  drhs = _gemm(g_drhs, x, plan.rhs_dtype, plan, "drhs", cfg.drhs, note)
+  return dlhs, drhs, None
+
+
+_qdot.defvjp(_qdot_fwd, _qdot_bwd)
+
+
+def _out_dtype(lhs, rhs, preferred_element_type) -> np.dtype:
+  if preferred_element_type is None:
+    return np.dtype(jnp.result_type(lhs.dtype, rhs.dtype))
+  try:
+    dtype = np.dtype(preferred_element_type)
+  except TypeError:
+    dtype = None
+  if dtype not in FLOAT_DTYPES:
+    raise ValueError(
+      "preferred_element_type must be None, float32, bfloat16 or float16 for "
+      f"a quantized dot_general, got {preferred_element_type!r}"
+    )
+  return dtype
+
+
+def _as_precision(precision):
+  return tuple(precision) if isinstance(precision, list) else precision
+
+
+def quantized_dot_general(
+  lhs: Array,
+  rhs: Array,
+  dimension_numbers,
+  precision=None,
+  preferred_element_type=None,
+  *,
+  out_sharding=None,
+  config: "DotQuantConfig | str",
+  implementation: str | None = None,
+  seed=None,
+) -> Array:
+  """``lax.dot_general`` whose three GEMMs run quantized per ``config``.
+
+  The result equals ``lax.dot_general(lhs, rhs, dimension_numbers)`` up to
+  quantization error: for INT8 blocks ``out = sum_j sa_j sb_j (qa_j . qb_j)``
+  with exact int32 partial sums per K block and fp32 rescaling; for FP8 an
+  fp8 dot with fp32 accumulation. Gradients are computed by two more
+  quantized GEMMs (see :class:`DotQuantConfig`) and cast to the primals'
+  dtypes.
+
+  Args:
+    lhs, rhs: float32, bfloat16 or float16 arrays.
+    dimension_numbers: ``((lhs_contract, rhs_contract), (lhs_batch,
+      rhs_batch))`` exactly as for ``lax.dot_general``.
+    precision: used by GEMMs that the config leaves unquantized; a quantized
+      GEMM's precision is its format.
+    preferred_element_type: output dtype (float32, bfloat16, float16);
+      default: the promoted input dtype. Accumulation is always fp32/int32.
+    out_sharding: as for ``lax.dot_general``. Under a mesh with explicit
+      axes the quantized GEMMs run with those axes in auto mode and the
+      result gets the sharding ``lax.dot_general`` would give it; otherwise
+      ``out_sharding`` is applied as a sharding constraint.
+    config: a :class:`DotQuantConfig` or a recipe name ("jetfire_int8", ...).
+    implementation: "xla" or None (the best available); an implementation
+      that cannot run raises ``NotImplementedError`` with the reason.
+    seed: required when the config rounds stochastically: an int, a uint32
+      scalar or a PRNG key. The same seed gives bit-identical results.
+
+  Returns:
+    An array of shape ``batch + lhs_free + rhs_free``.
+
+  Raises:
+    ValueError: for bad operands, dimension numbers, dtypes, configs or a
+      missing seed, naming the argument, its shape and dtype.
+  """
+  config = get_recipe(config)
+  if not config.quantized:
+    return lax.dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      out_sharding=out_sharding,
+    )
+  check_float_array("lhs", lhs)
+  check_float_array("rhs", rhs)
+  layout = canonicalize(lhs, rhs, dimension_numbers)
+  out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
+  if config.needs_seed and seed is None:
+    raise ValueError(
+      f"config {config.name!r} rounds stochastically; pass seed= (an int, a "
+      "uint32 scalar or a jax.random key)"
+    )
+  seed = as_seed(seed) if seed is not None else jnp.zeros((), jnp.uint32)
+  impl = _dispatch.resolve(implementation, config)
+  if jax.sharding.get_abstract_mesh().explicit_axes:
+    # Sharding-in-types: quantize and multiply with the mesh axes in auto
+    # mode and give the result exactly the sharding lax.dot_general would.
+    expected = jax.eval_shape(
+      lambda a, b: lax.dot_general(
+        a,
+        b,
+        dimension_numbers,
+        preferred_element_type=out_dtype,
+        out_sharding=out_sharding,
+      ),
+      lhs,
+      rhs,
+    )
+    run = jax.sharding.auto_axes(
+      lambda a, b: _quantized(
+        a, b, layout, seed, config, impl, out_dtype, precision
+      ),
+      out_sharding=expected.sharding,
+    )
+    return run(lhs, rhs)
+  out = _quantized(lhs, rhs, layout, seed, config, impl, out_dtype, precision)
+  if out_sharding is not None:
+    out = lax.with_sharding_constraint(out, out_sharding)
+  return out
+
+
+def _quantized(lhs, rhs, layout, seed, config, impl, out_dtype, precision):
+  if 0 in layout.bmnk:
+    # Nothing to multiply: the exact result is zeros (no precision involved).
+    return jnp.zeros(layout.out_shape, out_dtype)
+  plan = _Plan(
+    config=config,
+    implementation=impl.name,
+    lhs_dtype=np.dtype(lhs.dtype),
+    rhs_dtype=np.dtype(rhs.dtype),
+    out_dtype=out_dtype,
+    precision=_as_precision(precision),
+    gemm_id=next(_gemm_ids),
+  )
+  return layout.out(_qdot(layout.lhs(lhs), layout.rhs(rhs), seed, plan))

@@ -1,0 +1,31 @@
+"""The Linen adapter: nn.Dense(dot_general_cls=linen_dot_general_cls(...))."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from lowprec_jax.nn import linen_dot_general_cls
+from lowprec_jax.ops import census, quantized_dot_general
+from tests.helpers import normal
+
+
+def test_dense_forward_equals_the_op_and_grads_flow():
+  dense = nn.Dense(16, dot_general_cls=linen_dot_general_cls("jetfire_int8"))
+  x = normal((8, 32))
+  keys = {"params": jax.random.key(0), "quant": jax.random.key(1)}
+  variables = dense.init(keys, x)
+  y = dense.apply(variables, x, rngs={"quant": jax.random.key(2)})
+  kernel = variables["params"]["kernel"]
+  want = quantized_dot_general(
+    x, kernel, (((1,), (0,)), ((), ())), config="jetfire_int8", seed=0
+  )  # RTN forward: the seed only affects gradients
+  np.testing.assert_array_equal(y, want + variables["params"]["bias"][None, :])
+
+  def loss(p):
+    out = dense.apply({"params": p}, x, rngs={"quant": jax.random.key(3)})
+    return jnp.sum(out**2)
+
+  grads = jax.grad(loss)(variables["params"])
+  assert grads["kernel"].shape == kernel.shape
+  assert census(jax.grad(loss), variables["params"]).total(quantized=True) == 3

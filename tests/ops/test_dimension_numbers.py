@@ -1,0 +1,69 @@
+"""Canonical layout (B, M, K) x (B, N, K) -> (B, M, N) for any dot_general."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lowprec_jax.ops._dimension_numbers import canonicalize
+from tests.helpers import normal
+
+CASES = [
+  ((8, 16), (16, 4), (((1,), (0,)), ((), ()))),
+  ((8, 16), (4, 16), (((1,), (1,)), ((), ()))),
+  ((16, 8), (16, 4), (((0,), (0,)), ((), ()))),
+  ((2, 5, 16), (16, 3), (((2,), (0,)), ((), ()))),
+  ((3, 5, 16), (3, 16, 7), (((2,), (1,)), ((0,), (0,)))),
+  ((5, 3, 16), (16, 7, 3), (((2,), (0,)), ((1,), (2,)))),
+  ((4, 6, 20), (6, 20, 9), (((1, 2), (0, 1)), ((), ()))),
+  ((4, 6, 20), (20, 9, 6), (((1, 2), (2, 0)), ((), ()))),
+  ((2, 3, 4, 5), (3, 5, 2, 6), (((3,), (1,)), ((0, 1), (2, 0)))),
+]
+
+
+@pytest.mark.parametrize("lshape, rshape, dims", CASES)
+def test_canonical_product_equals_lax_dot_general(lshape, rshape, dims):
+  lhs, rhs = normal(lshape), normal(rshape, seed=1)
+  layout = canonicalize(lhs, rhs, dims)
+  out3 = jnp.einsum(
+    "bmk,bnk->bmn",
+    layout.lhs(lhs),
+    layout.rhs(rhs),
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  want = jax.lax.dot_general(
+    lhs, rhs, dims, precision=jax.lax.Precision.HIGHEST
+  )
+  assert layout.out_shape == want.shape
+  np.testing.assert_allclose(layout.out(out3), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "lshape, rshape, dims, match",
+  [
+    (
+      (4, 8),
+      (8, 3),
+      (((2,), (0,)), ((), ())),
+      r"lhs has shape \(4, 8\) and "
+      r"dtype float32; contracting \+ batch dims \(2,\) must be in \[0, 2\)",
+    ),
+    (
+      (4, 8),
+      (9, 3),
+      (((1,), (0,)), ((), ())),
+      r"lhs contracting dims \(1,\) "
+      r"\(sizes \(8,\)\) must pair with rhs contracting dims \(0,\) \(sizes "
+      r"\(9,\)\)",
+    ),
+    ((2, 4, 8), (3, 8, 5), (((2,), (1,)), ((0,), (0,))), "lhs batch dims"),
+    ((4, 8), (8, 3), (((1, 1), (0, 0)), ((), ())), "repeat an axis"),
+    ((4, 8), (8, 3), (((1,), (0, 1)), ((), ())), "must pair"),
+    ((4, 8), (8, 3), ((1, 0), ((), ())), "must be a sequence of ints"),
+    ((4, 8), (8, 3), "nonsense", "dimension_numbers must be"),
+    ((4, 8), (8, 3), (((1.0,), (0,)), ((), ())), "must contain ints"),
+  ],
+)
+def test_bad_dimension_numbers_raise(lshape, rshape, dims, match):
+  with pytest.raises(ValueError, match=match):
+    canonicalize(jnp.ones(lshape), jnp.ones(rshape), dims)

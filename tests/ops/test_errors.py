@@ -1,0 +1,107 @@
+"""Bad input to quantized_dot_general: clear errors, never a silent fallback."""
+
+import jax.numpy as jnp
+import pytest
+
+from lowprec_jax.formats import Fp8, Int8Block
+from lowprec_jax.ops import (
+  DotQuantConfig,
+  GemmQuant,
+  OperandQuant,
+  jetfire_int8,
+  quantized_dot_general,
+)
+
+DIMS = (((1,), (0,)), ((), ()))
+
+
+def _call(lhs, rhs, dims=DIMS, **kw):
+  kw.setdefault("config", "fp8_current")
+  return quantized_dot_general(lhs, rhs, dims, **kw)
+
+
+@pytest.mark.parametrize(
+  "lhs, rhs, match",
+  [
+    (
+      jnp.ones((4, 8), jnp.int32),
+      jnp.ones((8, 3)),
+      r"lhs has shape \(4, 8\) and dtype int32; expected a float32, bfloat16 "
+      "or float16 array",
+    ),
+    (
+      jnp.ones((4, 8)),
+      jnp.ones((8, 3), jnp.complex64),
+      r"rhs has shape \(8, 3\) and dtype complex64",
+    ),
+    (
+      jnp.ones((4, 8)),
+      jnp.ones((8, 3), jnp.float8_e4m3fn),
+      r"rhs has shape \(8, 3\) and dtype float8_e4m3fn",
+    ),
+    (
+      jnp.ones((4, 8)),
+      jnp.ones((9, 3)),
+      r"lhs has shape \(4, 8\).*rhs has "
+      r"shape \(9, 3\).*must pair",
+    ),
+  ],
+)
+def test_bad_operands(lhs, rhs, match):
+  with pytest.raises(ValueError, match=match):
+    _call(lhs, rhs)
+
+
+def test_wrong_rank_for_dimension_numbers():
+  with pytest.raises(
+    ValueError,
+    match=r"lhs has shape \(8,\) and dtype "
+    r"float32; contracting \+ batch dims \(1,\) must be in "
+    r"\[0, 1\)",
+  ):
+    _call(jnp.ones(8), jnp.ones((8, 3)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.int32, jnp.float8_e4m3fn, "x"])
+def test_bad_preferred_element_type(dtype):
+  with pytest.raises(ValueError, match="preferred_element_type must be"):
+    _call(jnp.ones((4, 8)), jnp.ones((8, 3)), preferred_element_type=dtype)
+
+
+def test_unknown_recipe_and_bad_config():
+  with pytest.raises(ValueError, match="recipe must be one of"):
+    _call(jnp.ones((4, 8)), jnp.ones((8, 3)), config="int3")
+  with pytest.raises(ValueError, match="Int8Block.block must be one of"):
+    jetfire_int8(48)
+  with pytest.raises(ValueError, match="both operands quantized or neither"):
+    GemmQuant(lhs=OperandQuant(format=Int8Block()), rhs=OperandQuant())
+  with pytest.raises(ValueError, match="both be int8 or both fp8"):
+    GemmQuant(
+      lhs=OperandQuant(format=Int8Block()), rhs=OperandQuant(format=Fp8())
+    )
+  with pytest.raises(ValueError, match="one scale per contraction element"):
+    GemmQuant(
+      lhs=OperandQuant(format=Fp8("e4m3", (None, 1))),
+      rhs=OperandQuant(format=Fp8()),
+    )
+  with pytest.raises(ValueError, match="rounding must be one of"):
+    OperandQuant(format=Fp8(), rounding="down")
+  with pytest.raises(ValueError, match="DotQuantConfig.fwd must be"):
+    DotQuantConfig(fwd="int8")
+
+
+def test_stochastic_config_needs_a_seed():
+  with pytest.raises(ValueError, match="rounds stochastically; pass seed="):
+    _call(jnp.ones((4, 8)), jnp.ones((8, 3)), config="jetfire_int8")
+
+
+def test_implementations_are_explicit():
+  x, w = jnp.ones((4, 8)), jnp.ones((8, 3))
+  for name in ("pallas", "mosaic"):
+    with pytest.raises(
+      NotImplementedError, match=f"implementation='{name}' is not available"
+    ):
+      _call(x, w, implementation=name)
+  with pytest.raises(ValueError, match="implementation must be None or one of"):
+    _call(x, w, implementation="cuda")
+  assert _call(x, w, implementation="xla").shape == (4, 3)

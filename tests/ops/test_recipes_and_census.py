@@ -1,0 +1,98 @@
+"""Recipes hold the documented formats; the census reports what ran."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lowprec_jax.formats import Fp8, Int8Block
+from lowprec_jax.ops import (
+  RECIPES,
+  census,
+  get_recipe,
+  jetfire_int8,
+  quantized_dot_general,
+)
+from tests.helpers import normal
+
+
+def test_recipes_are_what_the_docs_say():
+  jf = get_recipe("jetfire_int8")
+  assert jf.fwd.lhs.format == jf.fwd.rhs.format == Int8Block(32)
+  assert jf.dlhs.lhs.rounding == jf.drhs.lhs.rounding == "stochastic"
+  assert jf.fwd.lhs.rounding == "nearest" and jf.needs_seed
+  fc = get_recipe("fp8_current")
+  assert fc.fwd.lhs.format == Fp8.per_tensor("e4m3")
+  assert fc.dlhs.lhs.format == fc.drhs.lhs.format == Fp8.per_tensor("e5m2")
+  assert not fc.needs_seed
+  fb = get_recipe("fp8_block")
+  assert fb.fwd.lhs.format == Fp8.groups(
+    128
+  ) and fb.fwd.rhs.format == Fp8.blocks(128)
+  assert not get_recipe("bf16").quantized
+  assert jetfire_int8(128).name == "jetfire_int8_b128"
+  assert set(RECIPES) == {"bf16", "jetfire_int8", "fp8_current", "fp8_block"}
+  assert "fwd: int8_block32 x int8_block32" in jf.describe()
+
+
+def _two_layers(config):
+  dims = (((1,), (0,)), ((), ()))
+
+  def f(x, w1, w2):
+    h = quantized_dot_general(x, w1, dims, config=config, seed=1)
+    y = quantized_dot_general(jax.nn.relu(h), w2, dims, config=config, seed=2)
+    return jnp.sum(y**2)
+
+  return f
+
+
+def test_census_counts_and_dtypes_forward_and_backward():
+  x, w1, w2 = normal((64, 96)), normal((96, 128), seed=1), normal((128, 32))
+  f = _two_layers("fp8_current")
+  fwd = census(f, x, w1, w2)
+  assert fwd.total(role="fwd") == 2 and fwd.total() == 2
+  full = census(jax.jit(jax.grad(f, argnums=(0, 1, 2))), x, w1, w2)
+  assert [full.total(role=r) for r in ("fwd", "dlhs", "drhs")] == [2, 2, 2]
+  assert full.total(quantized=False) == 0
+  dlhs = [r for r in full.records if r.role == "dlhs"]
+  assert {(r.lhs_dtype, r.rhs_dtype, r.accumulator) for r in dlhs} == {
+    ("float8_e5m2", "float8_e4m3fn", "float32")
+  }
+  assert {r.implementation for r in full.records} == {"xla"}
+  text = str(full)
+  assert "role" in text and "e5m2_tensor" in text and "1x64x128x96" in text
+  assert "fwd" in full.summary() and "float8_e5m2" in full.summary()
+
+
+def test_census_reports_unquantized_dots_honestly():
+  x, w1, w2 = normal((64, 96)), normal((96, 128), seed=1), normal((128, 32))
+  report = census(jax.grad(_two_layers("bf16"), argnums=(1, 2)), x, w1, w2)
+  assert report.total(quantized=True) == 0
+  assert report.total(quantized=False) == 5  # 2 fwd + 3 needed grads
+  assert {r.lhs_dtype for r in report.records} == {"float32"}
+
+
+def test_census_notes_requantized_residuals_and_rounding():
+  x, w1, w2 = normal((64, 96)), normal((96, 128), seed=1), normal((128, 32))
+  rep = census(jax.grad(_two_layers("fp8_block"), argnums=1), x, w1, w2)
+  drhs = [r for r in rep.records if r.role == "drhs"]
+  assert all(r.rhs_format == "e4m3_1x128~requantized" for r in drhs)
+  rep = census(jax.grad(_two_layers("jetfire_int8"), argnums=1), x, w1, w2)
+  assert {r.lhs_format for r in rep.records if r.role == "dlhs"} == {
+    "int8_block32_sr"
+  }
+
+
+@pytest.mark.parametrize("length", [1, 3])
+def test_census_multiplies_scanned_layers(length):
+  def layers(x, ws):
+    def body(h, w):
+      dims = (((1,), (0,)), ((), ()))
+      return quantized_dot_general(
+        h, w, dims, config="jetfire_int8", seed=3
+      ), None
+
+    return jax.lax.scan(body, x, ws)[0].sum()
+
+  x, ws = normal((64, 96)), normal((length, 96, 96), seed=1)
+  rep = census(jax.grad(layers), x, ws)
+  assert [rep.total(role=r) for r in ("fwd", "dlhs", "drhs")] == [length] * 3

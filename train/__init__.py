@@ -1,0 +1,1 @@
+"""Training a small GPT with lowprec_jax recipes (``python -m train``)."""

@@ -1,0 +1,131 @@
+"""Command line: ``python -m train --recipe jetfire_int8 [options]``.
+
+``--recipe`` takes one recipe or a comma-separated list; with several, each
+runs in turn (same seed, data and steps) and a comparison plot and table are
+written to ``--out``. Each run lives in ``<out>/<recipe>/`` and resumes from
+its latest checkpoint when started again.
+"""
+
+import argparse
+import pathlib
+import shlex
+import shutil
+import sys
+
+from lowprec_jax.ops import RECIPES
+from train.loop import TrainConfig, run
+from train.model import GPTConfig
+from train.provenance import provenance
+from train.report import plot_runs, print_table, write_comparison
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="python -m train",
+    description="Train a small GPT with a lowprec_jax recipe.",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  d, m = TrainConfig(), GPTConfig()
+  p.add_argument(
+    "--recipe",
+    default="jetfire_int8",
+    help=f"recipe or comma-separated recipes, from {sorted(RECIPES)}",
+  )
+  p.add_argument("--out", default="runs", help="output directory")
+  p.add_argument(
+    "--data",
+    default=None,
+    help="text file or folder (default: the Python standard library's sources)",
+  )
+  p.add_argument("--steps", type=int, default=d.steps)
+  p.add_argument("--batch-size", type=int, default=d.batch_size)
+  p.add_argument("--seq-len", type=int, default=m.seq_len)
+  p.add_argument("--d-model", type=int, default=m.d_model)
+  p.add_argument("--layers", type=int, default=m.n_layers)
+  p.add_argument("--heads", type=int, default=m.n_heads)
+  p.add_argument(
+    "--dtype",
+    default=m.dtype,
+    choices=["bfloat16", "float32"],
+    help="compute dtype (parameters are fp32)",
+  )
+  p.add_argument("--lr", type=float, default=d.lr)
+  p.add_argument("--warmup", type=int, default=d.warmup)
+  p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+  p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument("--eval-every", type=int, default=d.eval_every)
+  p.add_argument("--eval-batches", type=int, default=d.eval_batches)
+  p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+  p.add_argument(
+    "--implementation",
+    default=None,
+    help="GEMM implementation (default: best available)",
+  )
+  p.add_argument(
+    "--fresh",
+    action="store_true",
+    help="delete existing run directories instead of resuming",
+  )
+  p.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def configs(args) -> list[TrainConfig]:
+  recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
+  if not recipes:
+    raise ValueError("--recipe is empty")
+  model = GPTConfig(
+    seq_len=args.seq_len,
+    d_model=args.d_model,
+    n_layers=args.layers,
+    n_heads=args.heads,
+    dtype=args.dtype,
+  )
+  return [
+    TrainConfig(
+      recipe=recipe,
+      model=model,
+      steps=args.steps,
+      batch_size=args.batch_size,
+      lr=args.lr,
+      warmup=args.warmup,
+      weight_decay=args.weight_decay,
+      seed=args.seed,
+      data=args.data,
+      eval_every=args.eval_every,
+      eval_batches=args.eval_batches,
+      ckpt_every=args.ckpt_every,
+      implementation=args.implementation,
+    )
+    for recipe in recipes
+  ]
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  args = parser().parse_args(argv)
+  try:
+    cfgs = configs(args)
+  except ValueError as e:
+    parser().error(str(e))
+  out = pathlib.Path(args.out)
+  info = provenance(command=shlex.join(["python", "-m", "train", *argv]))
+  summaries = []
+  for cfg in cfgs:
+    run_dir = out / cfg.recipe
+    if args.fresh and run_dir.exists():
+      shutil.rmtree(run_dir)
+    summary = run(cfg, run_dir, provenance=info, progress=not args.no_progress)
+    plot_runs({cfg.recipe: run_dir}, run_dir / "loss.png", cfg.recipe)
+    summaries.append(summary)
+    print(f"GEMMs per training step ({cfg.recipe}):")
+    print("\n".join(summary["gemms"]["summary"]))
+  if len(summaries) > 1:
+    rows = write_comparison(out, summaries, info)
+    print_table(rows, f"{len(rows)} recipes, {cfgs[0].steps} steps each")
+    print(f"comparison: {out / 'comparison.png'}, {out / 'summary.md'}")
+  else:
+    from train.report import comparison_rows
+
+    print_table(comparison_rows(summaries), cfgs[0].recipe)
+  return 0

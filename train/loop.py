@@ -1,0 +1,261 @@
+"""One training run: build, (resume,) train, evaluate, checkpoint, report.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one line per step,
+plus eval lines), ``checkpoints/``, ``summary.json`` and ``loss.png``. If the
+directory already has a checkpoint, the run resumes from the latest one: the
+state, the stochastic-rounding counters and the data position (batches are a
+function of the step) are restored, so a resumed run reproduces an
+uninterrupted one step for step.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lowprec_jax.ops import census, get_recipe
+from train import data as data_lib
+from train.checkpoint import Checkpoints
+from train.model import GPT, GPTConfig, loss_fn, quantize_gpt
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that determines a run's trajectory."""
+
+  recipe: str = "bf16"
+  model: GPTConfig = GPTConfig()
+  steps: int = 300
+  batch_size: int = 16
+  lr: float = 3e-3
+  warmup: int = 30
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0
+  seed: int = 0
+  data: str | None = None
+  eval_every: int = 100
+  eval_batches: int = 8
+  ckpt_every: int = 100
+  implementation: str | None = None
+
+  def __post_init__(self):
+    get_recipe(self.recipe)
+    for name in ("steps", "batch_size", "eval_every", "eval_batches"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.ckpt_every < 1:
+      raise ValueError(f"ckpt_every must be >= 1, got {self.ckpt_every}")
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict) -> "TrainConfig":
+    return cls(**{**d, "model": GPTConfig(**d["model"])})
+
+
+def make_optimizer(cfg: TrainConfig):
+  """AdamW (b2 = 0.95) with warmup + cosine decay, global-norm clipping.
+
+  Weight decay applies to matrices only (not LayerNorm scales or biases).
+  Returns the transformation and the learning-rate schedule.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1), cfg.lr * 0.1
+  )
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+  return optax.chain(
+    optax.clip_by_global_norm(cfg.grad_clip),
+    optax.adamw(
+      schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay_mask
+    ),
+  ), schedule
+
+
+def build(cfg: TrainConfig):
+  """Returns (graphdef, state, schedule) of the model and its optimizer."""
+  rngs = nnx.Rngs(params=cfg.seed, quant=cfg.seed + 1)
+  model = GPT(cfg.model, rngs=rngs)
+  quantize_gpt(model, cfg.recipe, rngs=rngs, implementation=cfg.implementation)
+  tx, schedule = make_optimizer(cfg)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  return graphdef, state, schedule
+
+
+def make_steps(graphdef):
+  """The jitted train step and eval function over the split state."""
+
+  @jax.jit
+  def train_step(state, batch):
+    model, optimizer = nnx.merge(graphdef, state)
+    loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+    grad_norm = optax.tree.norm(grads)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), loss, grad_norm
+
+  @jax.jit
+  def eval_loss(state, batch):
+    model, _ = nnx.merge(graphdef, state)
+    return loss_fn(model, batch)
+
+  return train_step, eval_loss
+
+
+class _Metrics:
+  """metrics.jsonl, truncated to the resumed step so lines never repeat."""
+
+  def __init__(self, path: pathlib.Path, resume_step: int):
+    lines = []
+    if path.exists() and resume_step > 0:
+      for line in path.read_text().splitlines():
+        if line.strip() and json.loads(line)["step"] <= resume_step:
+          lines.append(line)
+    path.write_text("".join(line + "\n" for line in lines))
+    self._file = path.open("a")
+
+  def write(self, record: dict) -> None:
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def _check_resumable(run_dir: pathlib.Path, cfg: TrainConfig) -> None:
+  saved = json.loads((run_dir / "config.json").read_text())
+  if saved != cfg.to_json():
+    diff = {
+      k: (saved.get(k), v)
+      for k, v in cfg.to_json().items()
+      if saved.get(k) != v
+    }
+    raise ValueError(
+      f"{run_dir} holds a run with a different config {diff} (saved, new); "
+      "use another --out or --fresh to start over"
+    )
+
+
+def _evaluate(eval_loss, state, batches) -> float:
+  return float(np.mean([float(eval_loss(state, b)) for b in batches]))
+
+
+def run(
+  cfg: TrainConfig,
+  run_dir: pathlib.Path,
+  *,
+  provenance: dict,
+  progress: bool = True,
+) -> dict:
+  """Trains (or resumes) one run in ``run_dir``; returns its summary."""
+  run_dir.mkdir(parents=True, exist_ok=True)
+  corpus = data_lib.load_corpus(cfg.data)
+  graphdef, state, schedule = build(cfg)
+  train_step, eval_loss = make_steps(graphdef)
+  checkpoints = Checkpoints(run_dir / "checkpoints", every=cfg.ckpt_every)
+  start = checkpoints.latest_step() or 0
+  if start:
+    _check_resumable(run_dir, cfg)
+    state = checkpoints.restore(start, state)
+  else:
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+  val = data_lib.eval_batches(
+    corpus,
+    num_batches=cfg.eval_batches,
+    batch_size=cfg.batch_size,
+    seq_len=cfg.model.seq_len,
+  )
+
+  def batch_at(step):
+    return jnp.asarray(
+      data_lib.train_batch(
+        corpus,
+        seed=cfg.seed,
+        step=step,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.model.seq_len,
+      )
+    )
+
+  gemms = census(train_step, state, batch_at(0))
+  tokens_per_step = cfg.batch_size * cfg.model.seq_len
+  metrics = _Metrics(run_dir / "metrics.jsonl", start)
+  bar = _progress(cfg, start, progress)
+  rates, started = [], time.perf_counter()
+  try:
+    for step in range(start + 1, cfg.steps + 1):
+      t0 = time.perf_counter()
+      state, loss, grad_norm = train_step(state, batch_at(step))
+      loss = float(loss)
+      dt = time.perf_counter() - t0
+      if step > start + 1:  # the first step includes compilation
+        rates.append(tokens_per_step / dt)
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss} at step {step}")
+      record = {
+        "step": step,
+        "loss": loss,
+        "grad_norm": float(grad_norm),
+        "lr": float(schedule(step - 1)),
+        "tokens_per_s": tokens_per_step / dt,
+      }
+      if step % cfg.eval_every == 0 or step == cfg.steps:
+        record["eval_loss"] = _evaluate(eval_loss, state, val)
+      metrics.write(record)
+      checkpoints.save(step, state, force=step == cfg.steps)
+      bar.update(1)
+      bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+  finally:
+    bar.close()
+    metrics.close()
+    checkpoints.close()
+  summary = _summarize(cfg, run_dir, provenance, gemms, rates)
+  summary["wall_s_this_session"] = round(time.perf_counter() - started, 1)
+  (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
+
+
+def _progress(cfg: TrainConfig, start: int, enabled: bool):
+  from tqdm import tqdm
+
+  return tqdm(
+    total=cfg.steps,
+    initial=start,
+    desc=cfg.recipe,
+    unit="step",
+    disable=not enabled,
+    dynamic_ncols=True,
+  )
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+  path = run_dir / "metrics.jsonl"
+  return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _summarize(cfg, run_dir, provenance, gemms, rates) -> dict:
+  records = read_metrics(run_dir)
+  evals = [r for r in records if "eval_loss" in r]
+  tail = [r["loss"] for r in records[-max(1, len(records) // 10) :]]
+  return {
+    "recipe": cfg.recipe,
+    "steps": records[-1]["step"],
+    "tokens": records[-1]["step"] * cfg.batch_size * cfg.model.seq_len,
+    "final_eval_loss": evals[-1]["eval_loss"],
+    "final_train_loss": float(np.mean(tail)),
+    "median_tokens_per_s": float(np.median(rates)) if rates else None,
+    "gemms": {
+      "quantized": gemms.total(quantized=True),
+      "unquantized": gemms.total(quantized=False),
+      "summary": gemms.summary().splitlines(),
+      "table": str(gemms).splitlines(),
+    },
+    "config": cfg.to_json(),
+    "provenance": provenance,
+  }

@@ -1,0 +1,151 @@
+"""A small GPT in NNX: pre-LayerNorm blocks, bf16 attention, GELU MLP.
+
+Linears see tokens flattened to 2-D, ``(B*T, d)``: the math is the same, and
+XLA:CPU runs the bf16 weight gradient ~7x faster than with two contracting
+dims. Every Linear is a plain ``nnx.Linear``; a recipe is applied afterwards with
+:func:`lowprec_jax.nn.quantize_model` (:func:`quantize_gpt`), which rewrites
+the four matmuls of each block (``attn/qkv``, ``attn/proj``, ``mlp/fc``,
+``mlp/proj``). Embeddings, LayerNorms, attention itself and the LM head stay
+in high precision, as in Jetfire and COAT.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lowprec_jax.nn import QuantRule, quantize_model
+from lowprec_jax.ops import DotQuantConfig, get_recipe
+
+BLOCK_LINEARS = r"blocks/\d+/(attn/(qkv|proj)|mlp/(fc|proj))"
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """Model shape; ``dtype`` is the compute dtype (parameters stay fp32)."""
+
+  vocab_size: int = 256
+  seq_len: int = 128
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  mlp_ratio: int = 4
+  dtype: str = "bfloat16"
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(
+        f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+      )
+
+
+def _linear(cfg: GPTConfig, d_in: int, d_out: int, rngs, *, residual=False):
+  """A bias-free Linear with GPT-2's init: N(0, 0.02), scaled by
+  1/sqrt(2 n_layers) for the projections that write into the residual."""
+  std = 0.02 / (2 * cfg.n_layers) ** 0.5 if residual else 0.02
+  return nnx.Linear(
+    d_in,
+    d_out,
+    use_bias=False,
+    dtype=jnp.dtype(cfg.dtype),
+    kernel_init=nnx.initializers.normal(std),
+    rngs=rngs,
+  )
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+    d = cfg.d_model
+    self.n_heads = cfg.n_heads
+    self.qkv = _linear(cfg, d, 3 * d, rngs)
+    self.proj = _linear(cfg, d, d, rngs, residual=True)
+
+  def __call__(self, x):
+    b, t, d = x.shape
+    q, k, v = jnp.split(self.qkv(x.reshape(b * t, d)), 3, axis=-1)
+    shape = (b, t, self.n_heads, d // self.n_heads)
+    q, k, v = (a.reshape(shape) for a in (q, k, v))
+    y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    return self.proj(y.reshape(b * t, d)).reshape(b, t, d)
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+    d, h = cfg.d_model, cfg.d_model * cfg.mlp_ratio
+    self.fc = _linear(cfg, d, h, rngs)
+    self.proj = _linear(cfg, h, d, rngs, residual=True)
+
+  def __call__(self, x):
+    b, t, d = x.shape
+    y = self.proj(jax.nn.gelu(self.fc(x.reshape(b * t, d))))
+    return y.reshape(b, t, d)
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+    dtype = jnp.dtype(cfg.dtype)
+    self.ln1 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+    self.attn = Attention(cfg, rngs)
+    self.ln2 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x):
+    x = x + self.attn(self.ln1(x))
+    return x + self.mlp(self.ln2(x))
+
+
+class GPT(nnx.Module):
+  """Decoder-only LM: tokens (B, T) int32 -> logits (B, T, vocab) fp32."""
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(0.02)
+    self.cfg = cfg
+    self.wte = nnx.Embed(
+      cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs
+    )
+    self.wpe = nnx.Param(init(rngs.params(), (cfg.seq_len, cfg.d_model)))
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.ln_f = nnx.LayerNorm(
+      cfg.d_model, dtype=jnp.dtype(cfg.dtype), rngs=rngs
+    )
+    self.lm_head = _linear(cfg, cfg.d_model, cfg.vocab_size, rngs)
+
+  def __call__(self, tokens):
+    t = tokens.shape[1]
+    if t > self.cfg.seq_len:
+      raise ValueError(
+        f"tokens has shape {tokens.shape}; sequence length {t} exceeds "
+        f"seq_len={self.cfg.seq_len}"
+      )
+    x = self.wte(tokens) + self.wpe[None, :t]
+    for block in self.blocks:
+      x = block(x)
+    b, d = x.shape[0], x.shape[-1]
+    logits = self.lm_head(self.ln_f(x).reshape(b * t, d))
+    return logits.reshape(b, t, -1).astype(jnp.float32)
+
+
+def quantize_gpt(
+  model: GPT,
+  recipe: DotQuantConfig | str,
+  *,
+  rngs: nnx.Rngs,
+  implementation: str | None = None,
+) -> GPT:
+  """Applies ``recipe`` to every block Linear (no-op for ``bf16``)."""
+  config = get_recipe(recipe)
+  if config.quantized:
+    rule = QuantRule(
+      path=BLOCK_LINEARS, config=config, implementation=implementation
+    )
+    quantize_model(model, [rule, QuantRule(path=".*", config=None)], rngs=rngs)
+  return model
+
+
+def loss_fn(model: GPT, batch: jax.Array) -> jax.Array:
+  """Mean next-byte cross-entropy (nats) of a (B, T + 1) token batch."""
+  logits = model(batch[:, :-1])
+  targets = batch[:, 1:]
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))

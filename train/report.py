@@ -1,0 +1,143 @@
+"""Loss-curve plots and summary tables for one run or a comparison."""
+
+import json
+import pathlib
+
+import numpy as np
+
+from train.loop import read_metrics
+
+
+def _smooth(values, alpha: float = 0.05) -> np.ndarray:
+  """Bias-corrected exponential moving average."""
+  out, acc, weight = [], 0.0, 0.0
+  for v in values:
+    acc = (1 - alpha) * acc + alpha * v
+    weight = (1 - alpha) * weight + alpha
+    out.append(acc / weight)
+  return np.asarray(out)
+
+
+def plot_runs(runs: dict[str, pathlib.Path], path: pathlib.Path, title: str):
+  """Train loss (smoothed, raw faint) and eval loss of each run, one PNG."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+  for i, (name, run_dir) in enumerate(runs.items()):
+    color = f"C{i}"
+    records = read_metrics(run_dir)
+    steps = [r["step"] for r in records]
+    losses = [r["loss"] for r in records]
+    ax.plot(steps, losses, color=color, alpha=0.15, linewidth=0.8)
+    ax.plot(steps, _smooth(losses), color=color, label=f"{name} (train, EMA)")
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    if evals:
+      ax.plot(*zip(*evals), "o--", color=color, label=f"{name} (eval)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("cross-entropy (nats / byte)")
+  ax.set_title(title)
+  lows = [
+    min(r["loss"] for r in read_metrics(d)[len(read_metrics(d)) // 4 :])
+    for d in runs.values()
+  ]
+  ax.set_ylim(bottom=min(lows) * 0.9, top=min(lows) * 2.2)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def comparison_rows(summaries: list[dict], baseline: str = "bf16"):
+  """Rows of the comparison table; loss deltas are relative to ``baseline``."""
+  base = next((s for s in summaries if s["recipe"] == baseline), None)
+  rows = []
+  for s in summaries:
+    delta = None
+    if base is not None:
+      delta = 100 * (s["final_eval_loss"] / base["final_eval_loss"] - 1)
+    rows.append(
+      {
+        "recipe": s["recipe"],
+        "steps": s["steps"],
+        "final_eval_loss": s["final_eval_loss"],
+        "final_train_loss": s["final_train_loss"],
+        "delta_vs_bf16_pct": delta,
+        "tokens_per_s": s["median_tokens_per_s"],
+        "quantized_gemms": s["gemms"]["quantized"],
+        "unquantized_gemms": s["gemms"]["unquantized"],
+      }
+    )
+  return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+  header = (
+    "| recipe | steps | final eval loss | final train loss | vs bf16 "
+    "| tokens/s (CPU) | quantized / unquantized GEMMs per step |\n"
+    "|---|---|---|---|---|---|---|\n"
+  )
+  lines = []
+  for r in rows:
+    delta = (
+      "-"
+      if r["delta_vs_bf16_pct"] is None
+      else f"{r['delta_vs_bf16_pct']:+.2f}%"
+    )
+    tps = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"
+    lines.append(
+      f"| {r['recipe']} | {r['steps']} | {r['final_eval_loss']:.4f} "
+      f"| {r['final_train_loss']:.4f} | {delta} | {tps} "
+      f"| {r['quantized_gemms']} / {r['unquantized_gemms']} |"
+    )
+  return header + "\n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict], title: str) -> None:
+  from rich.console import Console
+  from rich.table import Table
+
+  table = Table(title=title)
+  for col in (
+    "recipe",
+    "steps",
+    "final eval loss",
+    "final train loss",
+    "vs bf16",
+    "tokens/s",
+    "quantized / unquantized GEMMs",
+  ):
+    table.add_column(col, justify="left" if col == "recipe" else "right")
+  for r in rows:
+    delta = r["delta_vs_bf16_pct"]
+    table.add_row(
+      r["recipe"],
+      str(r["steps"]),
+      f"{r['final_eval_loss']:.4f}",
+      f"{r['final_train_loss']:.4f}",
+      "-" if delta is None else f"{delta:+.2f}%",
+      "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}",
+      f"{r['quantized_gemms']} / {r['unquantized_gemms']}",
+    )
+  Console(width=120).print(table)
+
+
+def write_comparison(
+  out_dir: pathlib.Path, summaries: list[dict], provenance: dict
+) -> list[dict]:
+  """comparison.png, summary.json and summary.md for several runs."""
+  rows = comparison_rows(summaries)
+  runs = {s["recipe"]: out_dir / s["recipe"] for s in summaries}
+  plot_runs(runs, out_dir / "comparison.png", "lowprec_jax GPT: loss by recipe")
+  (out_dir / "summary.json").write_text(
+    json.dumps({"rows": rows, "provenance": provenance}, indent=2)
+  )
+  (out_dir / "summary.md").write_text(
+    f"Command: `{provenance['command']}`  \n"
+    f"Device: {provenance['device']}, jax {provenance['jax']}, commit "
+    f"{provenance['commit']}, {provenance['date']}\n\n" + markdown_table(rows)
+  )
+  return rows
