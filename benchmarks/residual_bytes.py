@@ -5,7 +5,7 @@ whose shapes and dtypes come from ``jax.eval_shape`` (nothing is computed,
 so real model sizes cost nothing). The bf16 baseline is ``lax.dot_general``
 on bf16 x and w, which saves both. Device-independent.
 
-  python -m benchmarks.residual_bytes   # writes results/residual_bytes.json
+  python -m benchmarks.residual_bytes   # writes results/residual_bytes.{json,md}
 """
 
 import json

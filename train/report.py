@@ -18,34 +18,63 @@ def _smooth(values, alpha: float = 0.05) -> np.ndarray:
   return np.asarray(out)
 
 
-def plot_runs(runs: dict[str, pathlib.Path], path: pathlib.Path, title: str):
-  """Train loss (smoothed, raw faint) and eval loss of each run, one PNG."""
+def plot_runs(
+  runs: dict[str, pathlib.Path],
+  path: pathlib.Path,
+  title: str,
+  baseline: str = "bf16",
+):
+  """Train loss (EMA, raw faint) and eval loss of each run in one PNG.
+
+  With a ``baseline`` run and others, a second panel shows each run's EMA
+  train loss relative to the baseline's, in percent.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-  for i, (name, run_dir) in enumerate(runs.items()):
+  records = {name: read_metrics(d) for name, d in runs.items()}
+  compare = baseline in records and len(records) > 1
+  fig, axes = plt.subplots(
+    1, 2 if compare else 1, figsize=(13 if compare else 8, 5), dpi=110
+  )
+  ax = axes[0] if compare else axes
+  smoothed = {}
+  for i, (name, recs) in enumerate(records.items()):
     color = f"C{i}"
-    records = read_metrics(run_dir)
-    steps = [r["step"] for r in records]
-    losses = [r["loss"] for r in records]
+    steps = np.array([r["step"] for r in recs])
+    losses = np.array([r["loss"] for r in recs])
+    smoothed[name] = (steps, _smooth(losses))
     ax.plot(steps, losses, color=color, alpha=0.15, linewidth=0.8)
-    ax.plot(steps, _smooth(losses), color=color, label=f"{name} (train, EMA)")
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    ax.plot(steps, smoothed[name][1], color=color, label=f"{name} (train, EMA)")
+    evals = [(r["step"], r["eval_loss"]) for r in recs if "eval_loss" in r]
     if evals:
       ax.plot(*zip(*evals), "o--", color=color, label=f"{name} (eval)")
+  low = min(
+    min(r["loss"] for r in recs[len(recs) // 4 :]) for recs in records.values()
+  )
+  ax.set_ylim(bottom=low * 0.9, top=low * 2.2)
   ax.set_xlabel("step")
   ax.set_ylabel("cross-entropy (nats / byte)")
   ax.set_title(title)
-  lows = [
-    min(r["loss"] for r in read_metrics(d)[len(read_metrics(d)) // 4 :])
-    for d in runs.values()
-  ]
-  ax.set_ylim(bottom=min(lows) * 0.9, top=min(lows) * 2.2)
   ax.grid(alpha=0.3)
   ax.legend()
+  if compare:
+    base_steps, base = smoothed[baseline]
+    for i, (name, (steps, ema)) in enumerate(smoothed.items()):
+      if name == baseline:
+        continue
+      n = min(len(base), len(ema))
+      rel = 100 * (ema[:n] / base[:n] - 1)
+      axes[1].plot(steps[:n], rel, color=f"C{i}", label=name)
+    axes[1].axhline(0, color="C0", linewidth=1, label=baseline)
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel(f"EMA train loss vs {baseline} (%)")
+    axes[1].set_ylim(-3, 3)
+    axes[1].set_title(f"relative to {baseline}")
+    axes[1].grid(alpha=0.3)
+    axes[1].legend()
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
