@@ -108,16 +108,28 @@ def make_steps(graphdef):
   return train_step, eval_loss
 
 
+def _records(path: pathlib.Path) -> list[dict]:
+  """Parsed lines of a metrics file; a partial last line (a run killed while
+  writing it) is dropped."""
+  records = []
+  lines = [x for x in path.read_text().splitlines() if x.strip()]
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i != len(lines) - 1:
+        raise
+  return records
+
+
 class _Metrics:
   """metrics.jsonl, truncated to the resumed step so lines never repeat."""
 
   def __init__(self, path: pathlib.Path, resume_step: int):
-    lines = []
+    kept = []
     if path.exists() and resume_step > 0:
-      for line in path.read_text().splitlines():
-        if line.strip() and json.loads(line)["step"] <= resume_step:
-          lines.append(line)
-    path.write_text("".join(line + "\n" for line in lines))
+      kept = [r for r in _records(path) if r["step"] <= resume_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     self._file = path.open("a")
 
   def write(self, record: dict) -> None:
@@ -235,8 +247,7 @@ def _progress(cfg: TrainConfig, start: int, enabled: bool):
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict]:
-  path = run_dir / "metrics.jsonl"
-  return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+  return _records(run_dir / "metrics.jsonl")
 
 
 def _summarize(cfg, run_dir, provenance, gemms, rates) -> dict:

@@ -1,6 +1,7 @@
 """Where a result came from: device, versions, commit, command."""
 
 import datetime
+import os
 import platform
 import shlex
 import subprocess
@@ -11,24 +12,30 @@ import jax
 import lowprec_jax
 
 
+def _git(*args: str) -> str:
+  return subprocess.run(
+    ["git", *args], capture_output=True, text=True, check=True
+  ).stdout.strip()
+
+
 def git_commit() -> str:
   """Short commit hash, with '-dirty' if tracked files have changes."""
   try:
-    commit = subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"],
-      capture_output=True,
-      text=True,
-      check=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-      ["git", "status", "--porcelain", "--untracked-files=no"],
-      capture_output=True,
-      text=True,
-      check=True,
-    ).stdout.strip()
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
   return commit + ("-dirty" if dirty else "")
+
+
+def _cpu_name() -> str:
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def provenance(command: str | None = None) -> dict:
@@ -37,7 +44,7 @@ def provenance(command: str | None = None) -> dict:
   return {
     "device": f"{device.platform}:{device.device_kind}",
     "device_count": jax.device_count(),
-    "host": platform.processor() or platform.machine(),
+    "host_cpu": f"{_cpu_name()} ({os.cpu_count()} cores)",
     "jax": jax.__version__,
     "lowprec_jax": lowprec_jax.__version__,
     "python": platform.python_version(),

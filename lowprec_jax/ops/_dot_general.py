@@ -268,6 +268,7 @@ def quantized_dot_general(
       missing seed, naming the argument, its shape and dtype.
   """
   config = get_recipe(config)
+  layout = canonicalize(lhs, rhs, dimension_numbers)
   if not config.quantized:
     return lax.dot_general(
       lhs,
@@ -279,7 +280,6 @@ def quantized_dot_general(
     )
   check_float_array("lhs", lhs)
   check_float_array("rhs", rhs)
-  layout = canonicalize(lhs, rhs, dimension_numbers)
   out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
   if config.needs_seed and seed is None:
     raise ValueError(

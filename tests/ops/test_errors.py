@@ -105,3 +105,8 @@ def test_implementations_are_explicit():
   with pytest.raises(ValueError, match="implementation must be None or one of"):
     _call(x, w, implementation="cuda")
   assert _call(x, w, implementation="xla").shape == (4, 3)
+
+
+def test_unquantized_config_validates_dimension_numbers_too():
+  with pytest.raises(ValueError, match="must pair"):
+    _call(jnp.ones((4, 8)), jnp.ones((9, 3)), config="bf16")

@@ -143,3 +143,36 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path):
   a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
   assert [s for s, _, _ in b] == list(range(1, 31))  # no repeated lines
   assert a == b  # bit-identical losses and eval losses at every step
+
+
+def test_cli_compares_recipes(tmp_path, capsys):
+  argv = _cmd(tmp_path)[3:]  # drop "python -m train"
+  argv[argv.index("jetfire_int8")] = "bf16,fp8_current"
+  argv[argv.index("30")] = "6"
+  assert main(argv) == 0
+  printed = capsys.readouterr().out
+  assert "2 recipes, 6 steps each" in printed and "fp8_current" in printed
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  rows = {r["recipe"]: r for r in summary["rows"]}
+  assert rows["bf16"]["delta_vs_bf16_pct"] == 0.0
+  expected = 100 * (
+    rows["fp8_current"]["final_eval_loss"] / rows["bf16"]["final_eval_loss"] - 1
+  )
+  assert rows["fp8_current"]["delta_vs_bf16_pct"] == pytest.approx(expected)
+  assert summary["provenance"]["command"].startswith("python -m train")
+  assert "| fp8_current | 6 |" in (tmp_path / "summary.md").read_text()
+  for png in ("comparison.png", "bf16/loss.png", "fp8_current/loss.png"):
+    assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_partial_last_metrics_line_is_dropped(tmp_path):
+  from train.loop import _Metrics
+
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"ste')
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+  _Metrics(path, resume_step=1).close()
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+  path.write_text('{"ste\n{"step": 2, "loss": 1.5}\n')
+  with pytest.raises(json.JSONDecodeError):
+    read_metrics(tmp_path)  # corruption before the end is not hidden
