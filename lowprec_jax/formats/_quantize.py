@@ -3,9 +3,9 @@
 For a tensor ``x`` and a format with tile ``T`` and grid maximum ``qmax``:
 
     absmax = max_{tile} |x|
-    scale  = 1                          if absmax == 0
-           = NaN                        if absmax is NaN or inf
-           = max(absmax / qmax, 2^-126) otherwise
+    scale  = 1                                   if absmax == 0
+           = NaN                                 if absmax is NaN or inf
+           = clip(absmax / qmax, 2^-126, S_max)  otherwise
     y      = x * (1 / scale)            (fp32, one reciprocal per tile)
     q      = round(y)                   (nearest-even or stochastic)
     x_hat  = q * scale
@@ -17,8 +17,8 @@ Special values, each tested:
   codes are 0, so it dequantizes to NaN and a GEMM that reads it returns NaN
   where it is used. Silent saturation of an overflow would hide divergence;
 * huge finite magnitudes (up to float32 max) quantize normally; the scale is
-  capped so that ``qmax * scale`` never exceeds float32 max, so they
-  dequantize to finite values;
+  capped at ``S_max = RD(f32max / qmax)`` so that ``qmax * scale`` never
+  exceeds float32 max, so they dequantize to finite values;
 * subnormal float32 inputs are flushed to zero by XLA on CPU and GPU, so
   they quantize like zeros;
 * tiny magnitudes: the scale is floored at 2^-126 (the smallest normal
