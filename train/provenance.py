@@ -30,9 +30,10 @@ def git_commit() -> str:
 
 def _cpu_name() -> str:
   try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
   except OSError:
     pass
   return platform.processor() or platform.machine()
