@@ -62,6 +62,38 @@ def test_resume_refuses_a_different_config(tmp_path):
     run(other, tmp_path, provenance={}, progress=False)
 
 
+def test_kill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+  """The step-8 save never completed: only a partial temporary directory is
+  left. The restart must restore step 4, clean up, and reproduce steps 5-8."""
+  import shutil
+
+  cfg = TrainConfig(
+    recipe="jetfire_int8",
+    model=TINY,
+    steps=8,
+    batch_size=4,
+    eval_every=8,
+    eval_batches=1,
+    ckpt_every=4,
+  )
+  run(cfg, tmp_path, provenance={}, progress=False)
+  before = read_metrics(tmp_path)
+  ckpt = tmp_path / "checkpoints"
+  shutil.rmtree(ckpt / "8")
+  partial = ckpt / "8.orbax-checkpoint-tmp"
+  partial.mkdir()
+  (partial / "half_written").write_bytes(b"\0" * 100)
+  run(cfg, tmp_path, provenance={}, progress=False)
+
+  def untimed(records):
+    return [
+      {k: v for k, v in r.items() if k != "tokens_per_s"} for r in records
+    ]
+
+  assert untimed(read_metrics(tmp_path)) == untimed(before)
+  assert sorted(os.listdir(ckpt)) == ["4", "8"]
+
+
 def test_cli_rejects_bad_arguments(capsys):
   with pytest.raises(SystemExit) as e:
     main(["--recipe", "int3", "--out", "/nonexistent"])
@@ -133,9 +165,10 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path):
   proc.wait()
   killed_at = len(metrics.read_text().splitlines())
   assert killed_at < 30
-  checkpoints = sorted(
-    int(s) for s in os.listdir(metrics.parent / "checkpoints")
-  )
+  # A kill during a save leaves "<step>.orbax-checkpoint-tmp"; only complete
+  # (numbered) checkpoints count.
+  ckpt_dir = metrics.parent / "checkpoints"
+  checkpoints = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
   assert checkpoints and max(checkpoints) <= killed_at
   subprocess.run(
     _cmd(tmp_path / "b"), cwd=ROOT, env=env, check=True, capture_output=True
