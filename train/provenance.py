@@ -29,14 +29,13 @@ def git_commit() -> str:
 
 
 def _cpu_name() -> str:
+  fallback = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+      names = [x for x in f if x.startswith("model name")]
   except OSError:
-    pass
-  return platform.processor() or platform.machine()
+    return fallback
+  return names[0].split(":", 1)[1].strip() if names else fallback
 
 
 def provenance(command: str | None = None) -> dict:

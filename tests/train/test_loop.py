@@ -15,6 +15,16 @@ from train.loop import TrainConfig, read_metrics, run
 from train.model import GPTConfig
 
 TINY = GPTConfig(seq_len=32, d_model=32, n_layers=1, n_heads=2)
+
+
+def _tiny(**overrides) -> TrainConfig:
+  defaults = dict(
+    model=TINY, steps=8, batch_size=4, lr=1e-2, warmup=2, eval_every=4,
+    eval_batches=2, ckpt_every=4,
+  )  # fmt: skip
+  return TrainConfig(**{**defaults, **overrides})
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
@@ -23,17 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
   [("bf16", 0), ("jetfire_int8", 12), ("fp8_current", 12), ("fp8_block", 12)],
 )
 def test_every_recipe_trains(tmp_path, recipe, quantized):
-  cfg = TrainConfig(
-    recipe=recipe,
-    model=TINY,
-    steps=8,
-    batch_size=4,
-    lr=1e-2,
-    warmup=2,
-    eval_every=4,
-    eval_batches=2,
-    ckpt_every=4,
-  )
+  cfg = _tiny(recipe=recipe)
   summary = run(cfg, tmp_path, provenance={"command": "test"}, progress=False)
   records = read_metrics(tmp_path)
   assert [r["step"] for r in records] == list(range(1, 9))
@@ -47,17 +47,9 @@ def test_every_recipe_trains(tmp_path, recipe, quantized):
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-  cfg = TrainConfig(
-    recipe="bf16",
-    model=TINY,
-    steps=4,
-    batch_size=4,
-    eval_every=4,
-    eval_batches=1,
-    ckpt_every=2,
-  )
+  cfg = _tiny(recipe="bf16", steps=4, ckpt_every=2)
   run(cfg, tmp_path, provenance={}, progress=False)
-  other = TrainConfig(**{**cfg.__dict__, "lr": 1e-4, "steps": 6})
+  other = _tiny(recipe="bf16", steps=6, ckpt_every=2, lr=1e-4)
   with pytest.raises(ValueError, match="different config.*'lr'"):
     run(other, tmp_path, provenance={}, progress=False)
 
@@ -67,15 +59,7 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
   left. The restart must restore step 4, clean up, and reproduce steps 5-8."""
   import shutil
 
-  cfg = TrainConfig(
-    recipe="jetfire_int8",
-    model=TINY,
-    steps=8,
-    batch_size=4,
-    eval_every=8,
-    eval_batches=1,
-    ckpt_every=4,
-  )
+  cfg = _tiny(recipe="jetfire_int8")
   run(cfg, tmp_path, provenance={}, progress=False)
   before = read_metrics(tmp_path)
   ckpt = tmp_path / "checkpoints"
