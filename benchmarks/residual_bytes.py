@@ -56,24 +56,36 @@ def measure() -> list[dict]:
   return rows
 
 
+def markdown(rows: list[dict], info: dict) -> str:
+  """The ratios as a Markdown table, with where they came from."""
+  head = "| shape (M x K x N) | bf16 MiB | " + " | ".join(RECIPES) + " |\n"
+  head += "|---" * (len(RECIPES) + 2) + "|\n"
+  lines = [
+    f"| {r['shape']} ({r['m']} x {r['k']} x {r['n']}) "
+    f"| {r['bf16_bytes'] / 2**20:.1f} | "
+    + " | ".join(f"{r[f'{name}_ratio']:.4f}x" for name in RECIPES)
+    + " |"
+    for r in rows
+  ]
+  return (
+    "Bytes saved for backward by one Linear, relative to bf16 "
+    f"(`{info['command']}`, commit {info['commit']}, jax {info['jax']}).\n\n"
+    + head
+    + "\n".join(lines)
+    + "\n"
+  )
+
+
 def main() -> None:
   rows = measure()
-  out = pathlib.Path(__file__).parent / "results" / "residual_bytes.json"
-  info = provenance(
-    command=shlex.join(
-      ["python", "-m", "benchmarks.residual_bytes", *sys.argv[1:]]
-    )
-  )
-  out.write_text(
-    json.dumps({"rows": rows, "provenance": info}, indent=2) + "\n"
-  )
-  print(f"{'shape':<20}" + "".join(f"{r:>20}" for r in RECIPES))
-  for row in rows:
-    print(
-      f"{row['shape']:<20}"
-      + "".join(f"{row[f'{r}_ratio']:>19.4f}x" for r in RECIPES)
-    )
-  print(f"wrote {out}")
+  results = pathlib.Path(__file__).parent / "results"
+  command = ["python", "-m", "benchmarks.residual_bytes", *sys.argv[1:]]
+  info = provenance(command=shlex.join(command))
+  payload = json.dumps({"rows": rows, "provenance": info}, indent=2)
+  (results / "residual_bytes.json").write_text(payload + "\n")
+  table = markdown(rows, info)
+  (results / "residual_bytes.md").write_text(table)
+  print(table)
 
 
 if __name__ == "__main__":
