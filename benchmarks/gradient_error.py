@@ -15,7 +15,6 @@ Writes results/gradient_error_<init|stepN>.json and .md.
 import argparse
 import json
 import pathlib
-import shlex
 import sys
 
 import jax
@@ -23,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks._results import write_results
 from train import data as data_lib
 from train.checkpoint import Checkpoints
 from train.loop import TrainConfig, build
 from train.model import GPT, GPTConfig, loss_fn, quantize_gpt
-from train.provenance import provenance
 
 RECIPES = ("bf16", "jetfire_int8", "fp8_current", "fp8_block")
 
@@ -138,16 +137,14 @@ def main(argv=None) -> None:
   parser.add_argument("--run", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
   result = measure(args.run)
-  info = provenance(
-    command=shlex.join(["python", "-m", "benchmarks.gradient_error", *argv])
-  )
   name = "init" if args.run is None else f"step{result['step']}"
-  out = pathlib.Path(__file__).parent / "results" / f"gradient_error_{name}"
-  payload = {**result, "provenance": info}
-  out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-  table = markdown(result, info)
-  out.with_suffix(".md").write_text(table)
-  print(table)
+  write_results(
+    f"gradient_error_{name}",
+    "benchmarks.gradient_error",
+    argv,
+    result,
+    markdown,
+  )
 
 
 if __name__ == "__main__":

@@ -8,19 +8,16 @@ on bf16 x and w, which saves both. Device-independent.
   python -m benchmarks.residual_bytes   # writes results/residual_bytes.{json,md}
 """
 
-import json
-import pathlib
-import shlex
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._results import write_results
 from benchmarks.shapes import SHAPES
 from lowprec_jax.ops import fp8_block, fp8_current, jetfire_int8
 from lowprec_jax.ops import quantized_dot_general as qdg
-from train.provenance import provenance
 
 DIMS = (((1,), (0,)), ((), ()))
 RECIPES = {
@@ -56,7 +53,7 @@ def measure() -> list[dict]:
   return rows
 
 
-def markdown(rows: list[dict], info: dict) -> str:
+def markdown(result: dict, info: dict) -> str:
   """The ratios as a Markdown table, with where they came from."""
   head = "| shape (M x K x N) | bf16 MiB | " + " | ".join(RECIPES) + " |\n"
   head += "|---" * (len(RECIPES) + 2) + "|\n"
@@ -65,7 +62,7 @@ def markdown(rows: list[dict], info: dict) -> str:
     f"| {r['bf16_bytes'] / 2**20:.1f} | "
     + " | ".join(f"{r[f'{name}_ratio']:.4f}x" for name in RECIPES)
     + " |"
-    for r in rows
+    for r in result["rows"]
   ]
   return (
     "Bytes saved for backward by one Linear, relative to bf16 "
@@ -77,15 +74,11 @@ def markdown(rows: list[dict], info: dict) -> str:
 
 
 def main() -> None:
-  rows = measure()
-  results = pathlib.Path(__file__).parent / "results"
-  command = ["python", "-m", "benchmarks.residual_bytes", *sys.argv[1:]]
-  info = provenance(command=shlex.join(command))
-  payload = json.dumps({"rows": rows, "provenance": info}, indent=2)
-  (results / "residual_bytes.json").write_text(payload + "\n")
-  table = markdown(rows, info)
-  (results / "residual_bytes.md").write_text(table)
-  print(table)
+  result = {"rows": measure()}
+  argv = sys.argv[1:]
+  write_results(
+    "residual_bytes", "benchmarks.residual_bytes", argv, result, markdown
+  )
 
 
 if __name__ == "__main__":

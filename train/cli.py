@@ -16,7 +16,12 @@ from lowprec_jax.ops import RECIPES
 from train.loop import TrainConfig, run
 from train.model import GPTConfig
 from train.provenance import provenance
-from train.report import plot_runs, print_table, write_comparison
+from train.report import (
+  comparison_rows,
+  plot_runs,
+  print_table,
+  write_comparison,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -125,7 +130,5 @@ def main(argv=None) -> int:
     print_table(rows, f"{len(rows)} recipes, {cfgs[0].steps} steps each")
     print(f"comparison: {out / 'comparison.png'}, {out / 'summary.md'}")
   else:
-    from train.report import comparison_rows
-
     print_table(comparison_rows(summaries), cfgs[0].recipe)
   return 0

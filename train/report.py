@@ -103,26 +103,35 @@ def comparison_rows(summaries: list[dict], baseline: str = "bf16"):
   return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-  header = (
-    "| recipe | steps | final eval loss | final train loss | vs bf16 "
-    "| tokens/s (CPU) | quantized / unquantized GEMMs per step |\n"
-    "|---|---|---|---|---|---|---|\n"
+COLUMNS = (
+  "recipe",
+  "steps",
+  "final eval loss",
+  "final train loss",
+  "vs bf16",
+  "tokens/s",
+  "quantized / unquantized GEMMs per step",
+)
+
+
+def _cells(r: dict) -> tuple[str, ...]:
+  """One comparison row as the strings of ``COLUMNS``."""
+  delta, tps = r["delta_vs_bf16_pct"], r["tokens_per_s"]
+  return (
+    r["recipe"],
+    str(r["steps"]),
+    f"{r['final_eval_loss']:.4f}",
+    f"{r['final_train_loss']:.4f}",
+    "-" if delta is None else f"{delta:+.2f}%",
+    "-" if tps is None else f"{tps:.0f}",
+    f"{r['quantized_gemms']} / {r['unquantized_gemms']}",
   )
-  lines = []
-  for r in rows:
-    delta = (
-      "-"
-      if r["delta_vs_bf16_pct"] is None
-      else f"{r['delta_vs_bf16_pct']:+.2f}%"
-    )
-    tps = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"
-    lines.append(
-      f"| {r['recipe']} | {r['steps']} | {r['final_eval_loss']:.4f} "
-      f"| {r['final_train_loss']:.4f} | {delta} | {tps} "
-      f"| {r['quantized_gemms']} / {r['unquantized_gemms']} |"
-    )
-  return header + "\n".join(lines) + "\n"
+
+
+def markdown_table(rows: list[dict]) -> str:
+  lines = ["| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+  lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+  return "\n".join(lines) + "\n"
 
 
 def print_table(rows: list[dict], title: str) -> None:
@@ -130,27 +139,10 @@ def print_table(rows: list[dict], title: str) -> None:
   from rich.table import Table
 
   table = Table(title=title)
-  for col in (
-    "recipe",
-    "steps",
-    "final eval loss",
-    "final train loss",
-    "vs bf16",
-    "tokens/s",
-    "quantized / unquantized GEMMs",
-  ):
+  for col in COLUMNS:
     table.add_column(col, justify="left" if col == "recipe" else "right")
   for r in rows:
-    delta = r["delta_vs_bf16_pct"]
-    table.add_row(
-      r["recipe"],
-      str(r["steps"]),
-      f"{r['final_eval_loss']:.4f}",
-      f"{r['final_train_loss']:.4f}",
-      "-" if delta is None else f"{delta:+.2f}%",
-      "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}",
-      f"{r['quantized_gemms']} / {r['unquantized_gemms']}",
-    )
+    table.add_row(*_cells(r))
   Console(width=120).print(table)
 
 

@@ -41,6 +41,11 @@ def register(impl: GemmImplementation) -> None:
   _REGISTRY[impl.name] = impl
 
 
+def get(name: str) -> GemmImplementation:
+  """The registered implementation ``name`` (already chosen by resolve)."""
+  return _REGISTRY[name]
+
+
 def available() -> tuple[str, ...]:
   """Names of the registered implementations, best first."""
   return tuple(n for n in PREFERENCE if n in _REGISTRY)

@@ -136,8 +136,7 @@ def _gemm(
   )
   with jax.named_scope(tag):
     if quantized:
-      gemm = _dispatch.resolve(plan.implementation, plan.config)
-      return gemm(a, b, out_dtype)
+      return _dispatch.get(plan.implementation)(a, b, out_dtype)
     out = lax.dot_general(
       a,
       b,
