@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest --doctest-modules lowprec_jax tests
+	$(PY) -m pytest --doctest-modules lowprec_jax pallas_kernels tests
 
 demo: setup
 	$(PY) -m train --recipe bf16,jetfire_int8,fp8_current --steps $(DEMO_STEPS) \

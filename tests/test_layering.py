@@ -1,4 +1,8 @@
-"""Dependency direction: formats <- ops <- nn; the library never imports train."""
+"""Dependency direction: pallas_kernels <- formats <- ops <- nn <- optim.
+
+``pallas_kernels`` works on raw arrays and imports nothing from the library;
+the library never imports ``train``.
+"""
 
 import ast
 import pathlib
@@ -9,9 +13,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # package -> packages it must not import
 FORBIDDEN = {
+  "pallas_kernels": ("lowprec_jax", "train", "flax", "benchmarks"),
   "lowprec_jax/formats": ("lowprec_jax.ops", "lowprec_jax.nn", "train", "flax"),
   "lowprec_jax/ops": ("lowprec_jax.nn", "train", "flax"),
-  "lowprec_jax/nn": ("train",),
+  "lowprec_jax/nn": ("train", "lowprec_jax.optim"),
+  "lowprec_jax/optim": ("train",),
 }
 
 
