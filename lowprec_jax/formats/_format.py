@@ -35,6 +35,7 @@ ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
 INT8_BLOCK_SIZES = (32, 64, 128)
 FP8_TILE_SIZES = (16, 32, 64, 128, 256)
 _FP8_DTYPES = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
+SCALE_DTYPES = ("float32", "bfloat16")
 
 
 class QuantFormat(abc.ABC):
@@ -63,6 +64,11 @@ class QuantFormat(abc.ABC):
   @abc.abstractmethod
   def transpose(self) -> "QuantFormat":
     """The format of the same codes after swapping the last two axes."""
+
+  @property
+  def scale_dtype(self) -> np.dtype:
+    """dtype of the stored scales (float32 unless a format says otherwise)."""
+    return np.dtype(np.float32)
 
   @property
   def family(self) -> str:
@@ -129,18 +135,34 @@ class Fp8(QuantFormat):
   Use the constructors: :meth:`per_tensor`, :meth:`per_row`,
   :meth:`groups` (1 x G), :meth:`blocks` (B x B).
 
+  ``scale_storage="bfloat16"`` stores each scale in 2 bytes instead of 4, for
+  tensors saved for the backward pass in small groups (COAT keeps 1 x 16
+  activation groups with bf16 scales: at 4 bytes per 16 codes the fp32 scale
+  would cost a quarter of the codes' memory). The scale is rounded *up* to
+  bf16 before the codes are computed, so codes and stored scale agree exactly
+  (COAT rounds after quantizing, so its dequantized values drift by up to
+  2^-9) and ``|x| / scale`` still fits the grid. GEMM operands keep fp32
+  scales.
+
   Args:
     dtype: "e4m3" (``float8_e4m3fn``) or "e5m2" (``float8_e5m2``).
-    tile: see the module docstring; ``None`` is per-tensor.
+    tile_shape: see the module docstring; ``None`` is per-tensor.
+    scale_storage: "float32" (default) or "bfloat16".
   """
 
   dtype: Literal["e4m3", "e5m2"] = "e4m3"
   tile_shape: Tile = None
+  scale_storage: Literal["float32", "bfloat16"] = "float32"
 
   def __post_init__(self):
     if self.dtype not in _FP8_DTYPES:
       raise ValueError(
         f"Fp8.dtype must be one of {tuple(_FP8_DTYPES)}, got {self.dtype!r}"
+      )
+    if self.scale_storage not in SCALE_DTYPES:
+      raise ValueError(
+        f"Fp8.scale_storage must be one of {SCALE_DTYPES}, got "
+        f"{self.scale_storage!r}"
       )
     tile = self.tile_shape
     if tile is None:
@@ -178,9 +200,14 @@ class Fp8(QuantFormat):
     return cls(dtype, (1, None))
 
   @classmethod
-  def groups(cls, size: int = 128, dtype: Literal["e4m3", "e5m2"] = "e4m3"):
+  def groups(
+    cls,
+    size: int = 128,
+    dtype: Literal["e4m3", "e5m2"] = "e4m3",
+    scale_storage: Literal["float32", "bfloat16"] = "float32",
+  ):
     """One scale per 1 x ``size`` group along the last axis."""
-    return cls(dtype, (1, size))
+    return cls(dtype, (1, size), scale_storage)
 
   @classmethod
   def blocks(cls, size: int = 128, dtype: Literal["e4m3", "e5m2"] = "e4m3"):
@@ -190,6 +217,10 @@ class Fp8(QuantFormat):
   @property
   def storage_dtype(self) -> np.dtype:
     return np.dtype(_FP8_DTYPES[self.dtype])
+
+  @property
+  def scale_dtype(self) -> np.dtype:
+    return np.dtype(jnp.dtype(self.scale_storage))
 
   @property
   def qmax(self) -> float:
@@ -210,10 +241,11 @@ class Fp8(QuantFormat):
       granularity = "col"
     else:
       granularity = f"{tile[0]}x{tile[1]}"
-    return f"{self.dtype}_{granularity}"
+    suffix = "" if self.scale_storage == "float32" else "_bf16scale"
+    return f"{self.dtype}_{granularity}{suffix}"
 
   def transpose(self) -> "Fp8":
     if self.tile_shape is None:
       return self
     rows, cols = self.tile_shape
-    return Fp8(self.dtype, (cols, rows))
+    return Fp8(self.dtype, (cols, rows), self.scale_storage)

@@ -20,7 +20,8 @@ class QTensor:
 
   * ``qvalue`` has the logical shape and ``format.storage_dtype``; ragged
     tails are stored, never dropped or padded away;
-  * ``scale`` is float32 with the same rank and shape
+  * ``scale`` has ``format.scale_dtype`` (float32 unless the format stores
+    bf16 scales), the same rank and shape
     ``ceil(qvalue.shape / tile)`` (all ones for per-tensor);
   * ``format`` and ``dtype`` (what :meth:`dequantize` returns by default) are
     static metadata, so a QTensor passes through ``jit``, ``vmap``,
@@ -65,7 +66,8 @@ class QTensor:
 
   def dequantize(self, dtype=None) -> Array:
     """Returns ``qvalue * scale`` in fp32, cast to ``dtype`` (default: .dtype)."""
-    full = expand_scale(self.scale, self.format.tile, self.shape)
+    scale = self.scale.astype(jnp.float32)
+    full = expand_scale(scale, self.format.tile, self.shape)
     value = self.qvalue.astype(jnp.float32) * full
     return value.astype(self.dtype if dtype is None else dtype)
 
@@ -80,10 +82,11 @@ class QTensor:
         f"{self.shape}; format {fmt.name} expects {fmt.storage_dtype}"
       )
     expected = scale_shape(self.shape, fmt.tile)
-    if self.scale.dtype != jnp.float32 or tuple(self.scale.shape) != expected:
+    bad_dtype = self.scale.dtype != fmt.scale_dtype
+    if bad_dtype or tuple(self.scale.shape) != expected:
       raise ValueError(
         f"QTensor.scale has shape {tuple(self.scale.shape)} and dtype "
         f"{self.scale.dtype}; for qvalue shape {self.shape} and format "
-        f"{fmt.name} expected float32 of shape {expected}"
+        f"{fmt.name} expected {fmt.scale_dtype} of shape {expected}"
       )
     return self

@@ -30,7 +30,7 @@ Special values, each tested:
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
+from jax import Array, lax
 
 from lowprec_jax.formats._format import ROUNDINGS, QuantFormat, Rounding
 from lowprec_jax.formats._hash import random_bits, uniform_from_bits
@@ -101,10 +101,32 @@ def max_scale(qmax: float) -> np.float32:
   return cap
 
 
-def compute_scale(absmax: Array, qmax: float) -> Array:
-  """fp32 scale per tile from its absmax (see the module docstring)."""
+def _round_up_to_bf16(scale: Array) -> Array:
+  """Smallest bfloat16 value >= each positive finite fp32 ``scale``.
+
+  bf16 is the top half of an fp32 bit pattern, so adding 0xFFFF and clearing
+  the low half rounds a positive value up (and leaves bf16 values alone).
+  """
+  bits = lax.bitcast_convert_type(scale, jnp.uint32)
+  bits = (bits + jnp.uint32(0xFFFF)) & jnp.uint32(0xFFFF0000)
+  return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def compute_scale(absmax: Array, qmax: float, scale_dtype=np.float32) -> Array:
+  """fp32 scale per tile from its absmax (see the module docstring).
+
+  With ``scale_dtype=bfloat16`` the scale is rounded up to a bf16 value (and
+  the cap down to one), so it is stored exactly and ``absmax / scale`` stays
+  within ``qmax``; the result is still returned as fp32.
+  """
+  cap = max_scale(qmax)
   scale = jnp.maximum(absmax / jnp.float32(qmax), jnp.float32(SCALE_FLOOR))
-  scale = jnp.minimum(scale, max_scale(qmax))
+  if np.dtype(scale_dtype) == np.dtype(jnp.bfloat16):
+    cap = np.float32(jnp.bfloat16(cap))
+    if cap > max_scale(qmax):  # bf16 rounding went up: step down one ulp
+      cap = np.float32(np.nextafter(jnp.bfloat16(cap), jnp.bfloat16(0)))
+    scale = _round_up_to_bf16(scale)
+  scale = jnp.minimum(scale, cap)
   scale = jnp.where(absmax == 0, jnp.float32(1.0), scale)
   return jnp.where(jnp.isfinite(absmax), scale, jnp.float32(jnp.nan))
 
@@ -146,7 +168,9 @@ def quantize(
   if rounding == "stochastic" and seed is None:
     raise ValueError("rounding='stochastic' needs a seed (int or PRNG key)")
   x32 = jnp.asarray(x, jnp.float32)
-  scale = compute_scale(tile_absmax(x32, format.tile), format.qmax)
+  scale = compute_scale(
+    tile_absmax(x32, format.tile), format.qmax, format.scale_dtype
+  )
   inverse = expand_scale(1.0 / scale, format.tile, x32.shape)
   y = x32 * inverse
   u = None
@@ -160,7 +184,10 @@ def quantize(
   finite = jnp.isfinite(inverse)
   codes = jnp.where(finite, codes, jnp.zeros((), codes.dtype))
   return QTensor(
-    codes.astype(format.storage_dtype), scale, format, np.dtype(x.dtype)
+    codes.astype(format.storage_dtype),
+    scale.astype(format.scale_dtype),
+    format,
+    np.dtype(x.dtype),
   )
 
 

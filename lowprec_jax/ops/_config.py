@@ -18,6 +18,8 @@ serves both (Jetfire).
 
 import dataclasses
 
+import numpy as np
+
 from lowprec_jax.formats._format import ROUNDINGS, QuantFormat, Rounding
 
 
@@ -76,6 +78,12 @@ class GemmQuant:
         f"{lf.name} and rhs={rf.name}"
       )
     for side, fmt in (("lhs", lf), ("rhs", rf)):
+      if fmt.scale_dtype != np.dtype(np.float32):
+        raise ValueError(
+          f"GemmQuant.{side} format {fmt.name} stores {fmt.scale_dtype} "
+          "scales; GEMM operands take float32 scales (compact scales are "
+          "for activations saved for the backward pass)"
+        )
       if contraction_tile(fmt) == 1:
         raise ValueError(
           f"GemmQuant.{side} format {fmt.name} has one scale per "

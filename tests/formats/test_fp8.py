@@ -16,6 +16,8 @@ FORMATS = [
   Fp8.groups(16, "e4m3"),
   Fp8.blocks(128, "e4m3"),
   Fp8.blocks(32, "e5m2"),
+  Fp8.groups(16, "e4m3", "bfloat16"),
+  Fp8("e5m2", (1, None), "bfloat16"),
 ]
 
 
@@ -46,6 +48,7 @@ def test_scale_shapes_and_storage(fmt, shape):
   qt = quantize(normal(shape), fmt)
   assert qt.qvalue.dtype == fmt.storage_dtype and qt.qvalue.shape == shape
   assert qt.scale.shape == scale_shape(shape, fmt.tile)
+  assert qt.scale.dtype == fmt.scale_dtype
   qt.validate()
 
 
@@ -63,7 +66,7 @@ def test_round_trip_error_at_most_half_an_fp8_step(fmt, dtype, seed):
   x = normal(shape, dtype, seed=seed, scale=5.0)
   qt = quantize(x, fmt)
   xf = np.asarray(x.astype(jnp.float32), np.float64)
-  s = np.asarray(qt.scale, np.float64)
+  s = np.asarray(qt.scale.astype(jnp.float32), np.float64)
   s = _expand(s, fmt.tile, shape)
   err = np.abs(np.asarray(qt.dequantize(jnp.float32), np.float64) - xf)
   bound = fp8_ulp(xf / s, fmt.storage_dtype) * s / 2 + np.abs(xf) * 2.0**-22
@@ -88,7 +91,9 @@ def test_transpose_maps_tiles(fmt):
   np.testing.assert_array_equal(
     direct.qvalue.astype(jnp.float32), via.qvalue.astype(jnp.float32)
   )
-  np.testing.assert_array_equal(direct.scale, via.scale)
+  np.testing.assert_array_equal(
+    direct.scale.astype(jnp.float32), via.scale.astype(jnp.float32)
+  )
   assert via.format == fmt.transpose()
   assert fmt.transpose().transpose() == fmt
 
@@ -99,6 +104,31 @@ def test_names():
   assert Fp8.groups(128).name == "e4m3_1x128"
   assert Fp8.groups(128).transpose().name == "e4m3_128x1"
   assert Fp8.blocks(128).name == "e4m3_128x128"
+  assert Fp8.groups(16, scale_storage="bfloat16").name == "e4m3_1x16_bf16scale"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bf16_scales_are_rounded_up_before_the_codes_are_computed(seed):
+  """bf16 storage: the stored scale is the smallest bf16 >= absmax / fmax, and
+  the codes are exactly those of an fp32-scaled quantization with that scale,
+  so dequantizing from the stored bf16 scale is exact (no COAT-style drift)."""
+  x = normal((32, 64), seed=seed, scale=3.0)
+  fmt = Fp8.groups(16, "e4m3", "bfloat16")
+  qt = quantize(x, fmt)
+  absmax = np.abs(np.asarray(x)).reshape(32, 4, 16).max(-1)
+  exact = absmax.astype(np.float32) / np.float32(448.0)
+  stored = np.asarray(qt.scale.astype(jnp.float32))
+  assert np.all(stored >= exact)
+  below = np.asarray(
+    jnp.nextafter(qt.scale, jnp.bfloat16(0)).astype(jnp.float32)
+  )
+  assert np.all(below < exact)
+  # quantize multiplies by the fp32 reciprocal of the scale
+  y = np.asarray(x) * np.repeat(np.float32(1) / stored, 16, axis=1)
+  want = np.asarray(jnp.asarray(y, jnp.float32).astype(jnp.float8_e4m3fn))
+  np.testing.assert_array_equal(
+    np.asarray(qt.qvalue).astype(np.float32), want.astype(np.float32)
+  )
 
 
 @pytest.mark.parametrize(
@@ -112,6 +142,7 @@ def test_names():
     lambda: Fp8("e4m3", (None, None)),
     lambda: Fp8("e4m3", (4, None)),
     lambda: Fp8("e4m3", [1, 128]),
+    lambda: Fp8("e4m3", None, "float16"),
   ],
 )
 def test_invalid_formats_raise(make):

@@ -84,6 +84,11 @@ def test_unknown_recipe_and_bad_config():
       lhs=OperandQuant(format=Fp8("e4m3", (None, 1))),
       rhs=OperandQuant(format=Fp8()),
     )
+  with pytest.raises(ValueError, match="GEMM operands take float32 scales"):
+    GemmQuant(
+      lhs=OperandQuant(format=Fp8.groups(16, scale_storage="bfloat16")),
+      rhs=OperandQuant(format=Fp8()),
+    )
   with pytest.raises(ValueError, match="rounding must be one of"):
     OperandQuant(format=Fp8(), rounding="down")
   with pytest.raises(ValueError, match="DotQuantConfig.fwd must be"):
