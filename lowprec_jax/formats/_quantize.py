@@ -122,9 +122,10 @@ def compute_scale(absmax: Array, qmax: float, scale_dtype=np.float32) -> Array:
   cap = max_scale(qmax)
   scale = jnp.maximum(absmax / jnp.float32(qmax), jnp.float32(SCALE_FLOOR))
   if np.dtype(scale_dtype) == np.dtype(jnp.bfloat16):
-    cap = np.float32(jnp.bfloat16(cap))
-    if cap > max_scale(qmax):  # bf16 rounding went up: step down one ulp
-      cap = np.float32(np.nextafter(jnp.bfloat16(cap), jnp.bfloat16(0)))
+    # round the cap down to bf16: clear the low half of its bit pattern
+    cap = (np.asarray(cap).view(np.uint32) & np.uint32(0xFFFF0000)).view(
+      np.float32
+    )
     scale = _round_up_to_bf16(scale)
   scale = jnp.minimum(scale, cap)
   scale = jnp.where(absmax == 0, jnp.float32(1.0), scale)

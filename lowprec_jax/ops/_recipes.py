@@ -8,6 +8,7 @@ jetfire_int8   INT8 32x32 blocks, both         INT8 32x32 blocks, once for     R
                                                dlhs and drhs                   SR on g
 fp8_current    E4M3 per-tensor, both           E5M2 per-tensor                 RTN
 fp8_block      x: E4M3 1x128, w: E4M3 128x128  E4M3 1x128 along each GEMM's K  RTN
+coat_fp8       E4M3 per-tensor, both           E5M2 per-tensor                 RTN
 =============  ==============================  ==============================  =========
 
 Square blocks and per-tensor scales transpose exactly, so those recipes reuse
@@ -17,6 +18,7 @@ there the saved 1x128 x is dequantized and requantized as 1x128 groups of
 x^T, as DeepSeek-V3 does; g is quantized separately for dlhs and drhs.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 from lowprec_jax.formats._format import Fp8, Int8Block
@@ -71,11 +73,30 @@ def fp8_block(size: int = 128) -> DotQuantConfig:
   )
 
 
+COAT_SAVED_ACTIVATIONS = Fp8.groups(16, "e4m3", scale_storage="bfloat16")
+"""COAT's format for the inputs of non-linear ops saved for the backward pass:
+E4M3 in 1 x 16 groups along the feature axis, scales stored in bf16 (use with
+:func:`lowprec_jax.ops.layer_norm` and :func:`lowprec_jax.ops.gelu`)."""
+
+
+def coat_fp8() -> DotQuantConfig:
+  """COAT's GEMMs: E4M3 per-tensor forward, E5M2 per-tensor gradients.
+
+  The GEMMs equal ``fp8_current``'s (COAT computes the per-tensor scale in two
+  stages, 1 x 16 group maxima then their maximum: the same value). The rest of
+  COAT's precision flow is in the model: norms and activations save their
+  inputs as :data:`COAT_SAVED_ACTIVATIONS`, attention and the residual stream
+  stay bf16 (see ``train/model.py``).
+  """
+  return dataclasses.replace(fp8_current(), name="coat_fp8")
+
+
 RECIPES: dict[str, Callable[[], DotQuantConfig]] = {
   "bf16": bf16,
   "jetfire_int8": jetfire_int8,
   "fp8_current": fp8_current,
   "fp8_block": fp8_block,
+  "coat_fp8": coat_fp8,
 }
 
 

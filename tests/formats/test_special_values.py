@@ -7,7 +7,12 @@ import pytest
 from lowprec_jax.formats import Fp8, Int8Block, quantize
 from tests.helpers import fp8_ulp
 
-FORMATS = [Int8Block(32), Fp8.per_tensor("e4m3"), Fp8.blocks(32, "e5m2")]
+FORMATS = [
+  Int8Block(32),
+  Fp8.per_tensor("e4m3"),
+  Fp8.blocks(32, "e5m2"),
+  Fp8.groups(16, "e4m3", scale_storage="bfloat16"),
+]
 IDS = [f.name for f in FORMATS]
 
 
