@@ -30,7 +30,16 @@ def test_recipes_are_what_the_docs_say():
   ) and fb.fwd.rhs.format == Fp8.blocks(128)
   assert not get_recipe("bf16").quantized
   assert jetfire_int8(128).name == "jetfire_int8_b128"
-  assert set(RECIPES) == {"bf16", "jetfire_int8", "fp8_current", "fp8_block"}
+  coat = get_recipe("coat_fp8")
+  assert (coat.fwd, coat.dlhs, coat.drhs) == (fc.fwd, fc.dlhs, fc.drhs)
+  assert coat.name == "coat_fp8"
+  assert set(RECIPES) == {
+    "bf16",
+    "jetfire_int8",
+    "fp8_current",
+    "fp8_block",
+    "coat_fp8",
+  }
   assert "fwd: int8_block32 x int8_block32" in jf.describe()
 
 
