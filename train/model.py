@@ -1,12 +1,20 @@
 """A small GPT in NNX: pre-LayerNorm blocks, bf16 attention, GELU MLP.
 
-Linears see tokens flattened to 2-D, ``(B*T, d)``: the math is the same, and
-XLA:CPU runs the bf16 weight gradient ~7x faster than with two contracting
-dims. Every Linear is a plain ``nnx.Linear``; a recipe is applied afterwards with
-:func:`lowprec_jax.nn.quantize_model` (:func:`quantize_gpt`), which rewrites
-the four matmuls of each block (``attn/qkv``, ``attn/proj``, ``mlp/fc``,
-``mlp/proj``). Embeddings, LayerNorms, attention itself and the LM head stay
-in high precision, as in Jetfire and COAT.
+The residual stream, attention and every activation are in the compute dtype
+(bf16 by default); parameters are fp32. Linears see tokens flattened to 2-D,
+``(B*T, d)``: the math is the same, and XLA:CPU runs the bf16 weight gradient
+~7x faster than with two contracting dims. LayerNorm and GELU are
+:class:`lowprec_jax.nn.LayerNorm` and :func:`lowprec_jax.ops.gelu`, which
+save only their input for the backward pass, and attention keeps only
+FlashAttention's residuals (``train/attention.py``), so saved-activation
+measurements reflect a lean bf16 model rather than autodiff's extra copies.
+
+Every Linear is a plain ``nnx.Linear``; a recipe is applied afterwards by
+:func:`quantize_gpt`: :func:`lowprec_jax.nn.quantize_model` rewrites the four
+matmuls of each block (``attn/qkv``, ``attn/proj``, ``mlp/fc``, ``mlp/proj``),
+and ``coat_fp8`` also makes the block's LayerNorms and GELU save their inputs
+in FP8 (E4M3, 1 x 16 groups). Embeddings, attention itself, the final
+LayerNorm and the LM head stay in high precision, as in Jetfire and COAT.
 """
 
 import dataclasses
@@ -15,10 +23,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lowprec_jax.nn import QuantRule, quantize_model
-from lowprec_jax.ops import DotQuantConfig, get_recipe
+from lowprec_jax.formats import QuantFormat
+from lowprec_jax.nn import LayerNorm, QuantRule, quantize_model
+from lowprec_jax.ops import (
+  COAT_SAVED_ACTIVATIONS,
+  DotQuantConfig,
+  gelu,
+  get_recipe,
+)
+from train.attention import causal_attention
 
 BLOCK_LINEARS = r"blocks/\d+/(attn/(qkv|proj)|mlp/(fc|proj))"
+# Recipes whose norms and activations save a quantized input (the rest: none).
+SAVED_ACTIVATIONS: dict[str, QuantFormat] = {"coat_fp8": COAT_SAVED_ACTIVATIONS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +83,7 @@ class Attention(nnx.Module):
     q, k, v = jnp.split(self.qkv(x.reshape(b * t, d)), 3, axis=-1)
     shape = (b, t, self.n_heads, d // self.n_heads)
     q, k, v = (a.reshape(shape) for a in (q, k, v))
-    y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    y = causal_attention(q, k, v)
     return self.proj(y.reshape(b * t, d)).reshape(b, t, d)
 
 
@@ -75,19 +92,20 @@ class MLP(nnx.Module):
     d, h = cfg.d_model, cfg.d_model * cfg.mlp_ratio
     self.fc = _linear(cfg, d, h, rngs)
     self.proj = _linear(cfg, h, d, rngs, residual=True)
+    self.saved: QuantFormat | None = None  # format of GELU's saved input
 
   def __call__(self, x):
     b, t, d = x.shape
-    y = self.proj(jax.nn.gelu(self.fc(x.reshape(b * t, d))))
+    y = self.proj(gelu(self.fc(x.reshape(b * t, d)), saved=self.saved))
     return y.reshape(b, t, d)
 
 
 class Block(nnx.Module):
   def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.dtype)
-    self.ln1 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+    self.ln1 = LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
     self.attn = Attention(cfg, rngs)
-    self.ln2 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+    self.ln2 = LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
     self.mlp = MLP(cfg, rngs)
 
   def __call__(self, x):
@@ -102,13 +120,15 @@ class GPT(nnx.Module):
     init = nnx.initializers.normal(0.02)
     self.cfg = cfg
     self.wte = nnx.Embed(
-      cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=jnp.dtype(cfg.dtype),
+      embedding_init=init,
+      rngs=rngs,
     )
     self.wpe = nnx.Param(init(rngs.params(), (cfg.seq_len, cfg.d_model)))
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
-    self.ln_f = nnx.LayerNorm(
-      cfg.d_model, dtype=jnp.dtype(cfg.dtype), rngs=rngs
-    )
+    self.ln_f = LayerNorm(cfg.d_model, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
     self.lm_head = _linear(cfg, cfg.d_model, cfg.vocab_size, rngs)
 
   def __call__(self, tokens):
@@ -118,7 +138,7 @@ class GPT(nnx.Module):
         f"tokens has shape {tokens.shape}; sequence length {t} exceeds "
         f"seq_len={self.cfg.seq_len}"
       )
-    x = self.wte(tokens) + self.wpe[None, :t]
+    x = self.wte(tokens) + self.wpe[None, :t].astype(self.wte.dtype)
     for block in self.blocks:
       x = block(x)
     b, d = x.shape[0], x.shape[-1]
@@ -133,13 +153,17 @@ def quantize_gpt(
   rngs: nnx.Rngs,
   implementation: str | None = None,
 ) -> GPT:
-  """Applies ``recipe`` to every block Linear (no-op for ``bf16``)."""
+  """Applies ``recipe`` to every block Linear (no-op for ``bf16``), and for
+  recipes in ``SAVED_ACTIVATIONS`` to the blocks' LayerNorms and GELU."""
   config = get_recipe(recipe)
   if config.quantized:
     rule = QuantRule(
       path=BLOCK_LINEARS, config=config, implementation=implementation
     )
     quantize_model(model, [rule, QuantRule(path=".*", config=None)], rngs=rngs)
+  saved = SAVED_ACTIVATIONS.get(config.name)
+  for block in model.blocks:
+    block.ln1.saved = block.ln2.saved = block.mlp.saved = saved
   return model
 
 

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from lowprec_jax.nn import quantized_layers
+from lowprec_jax.ops import COAT_SAVED_ACTIVATIONS
 from train.model import GPT, GPTConfig, loss_fn, quantize_gpt
 
 TINY = GPTConfig(seq_len=16, d_model=32, n_layers=2, n_heads=2)
@@ -34,6 +35,28 @@ def test_recipe_quantizes_the_four_block_linears_only():
   }
   plain = quantize_gpt(GPT(TINY, rngs=nnx.Rngs(0)), "bf16", rngs=nnx.Rngs(1))
   assert set(quantized_layers(plain).values()) == {"none"}
+
+
+def test_coat_fp8_saves_block_norm_and_gelu_inputs_in_fp8():
+  model = quantize_gpt(
+    GPT(TINY, rngs=nnx.Rngs(0)), "coat_fp8", rngs=nnx.Rngs(1)
+  )
+  assert set(quantized_layers(model).values()) == {"none", "coat_fp8"}
+  for block in model.blocks:
+    assert block.ln1.saved == block.ln2.saved == COAT_SAVED_ACTIVATIONS
+    assert block.mlp.saved == COAT_SAVED_ACTIVATIONS
+  assert model.ln_f.saved is None  # the head's norm stays high precision
+  other = quantize_gpt(
+    GPT(TINY, rngs=nnx.Rngs(0)), "fp8_current", rngs=nnx.Rngs(1)
+  )
+  assert all(b.mlp.saved is None for b in other.blocks)
+
+
+def test_residual_stream_and_activations_are_bf16():
+  model = GPT(TINY, rngs=nnx.Rngs(0))
+  tokens = jnp.zeros((1, 16), jnp.int32)
+  x = model.wte(tokens) + model.wpe[None, :16].astype(jnp.bfloat16)
+  assert model.blocks[0](x).dtype == jnp.bfloat16
 
 
 def test_bad_shapes_raise():
