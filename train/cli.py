@@ -1,9 +1,11 @@
 """Command line: ``python -m train --recipe jetfire_int8 [options]``.
 
-``--recipe`` takes one recipe or a comma-separated list; with several, each
-runs in turn (same seed, data and steps) and a comparison plot and table are
-written to ``--out``. Each run lives in ``<out>/<recipe>/`` and resumes from
-its latest checkpoint when started again.
+``--recipe`` takes one run or a comma-separated list. A run is a recipe,
+optionally with ``+optimizer`` (``coat_fp8+adamw_fp8``); without it the run
+uses ``--optimizer``. With several runs, each runs in turn (same seed, data
+and steps) and a comparison plot and table are written to ``--out``. Each run
+lives in ``<out>/<run name>/`` (the recipe, plus ``+optimizer`` unless it is
+``adamw``) and resumes from its latest checkpoint when started again.
 """
 
 import argparse
@@ -13,7 +15,7 @@ import shutil
 import sys
 
 from lowprec_jax.ops import RECIPES
-from train.loop import TrainConfig, run
+from train.loop import OPTIMIZERS, TrainConfig, run
 from train.model import GPTConfig
 from train.provenance import provenance
 from train.report import (
@@ -34,7 +36,15 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--recipe",
     default="jetfire_int8",
-    help=f"recipe or comma-separated recipes, from {sorted(RECIPES)}",
+    help=f"run or comma-separated runs: a recipe from {sorted(RECIPES)}, "
+    "optionally with +optimizer (e.g. coat_fp8+adamw_fp8)",
+  )
+  p.add_argument(
+    "--optimizer",
+    default="adamw",
+    choices=sorted(OPTIMIZERS),
+    help="optimizer of runs that name none: fp32 states (adamw) or "
+    "quantized states (lowprec_jax.optim)",
   )
   p.add_argument("--out", default="runs", help="output directory")
   p.add_argument(
@@ -75,9 +85,16 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def _parse_run(entry: str, default_optimizer: str) -> tuple[str, str]:
+  recipe, _, optimizer = entry.partition("+")
+  return recipe.strip(), (optimizer.strip() or default_optimizer)
+
+
 def configs(args) -> list[TrainConfig]:
-  recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
-  if not recipes:
+  runs = [
+    _parse_run(r, args.optimizer) for r in args.recipe.split(",") if r.strip()
+  ]
+  if not runs:
     raise ValueError("--recipe is empty")
   model = GPTConfig(
     seq_len=args.seq_len,
@@ -89,6 +106,7 @@ def configs(args) -> list[TrainConfig]:
   return [
     TrainConfig(
       recipe=recipe,
+      optimizer=optimizer,
       model=model,
       steps=args.steps,
       batch_size=args.batch_size,
@@ -102,7 +120,7 @@ def configs(args) -> list[TrainConfig]:
       ckpt_every=args.ckpt_every,
       implementation=args.implementation,
     )
-    for recipe in recipes
+    for recipe, optimizer in runs
   ]
 
 
@@ -117,18 +135,18 @@ def main(argv=None) -> int:
   info = provenance(command=shlex.join(["python", "-m", "train", *argv]))
   summaries = []
   for cfg in cfgs:
-    run_dir = out / cfg.recipe
+    run_dir = out / cfg.name
     if args.fresh and run_dir.exists():
       shutil.rmtree(run_dir)
     summary = run(cfg, run_dir, provenance=info, progress=not args.no_progress)
-    plot_runs({cfg.recipe: run_dir}, run_dir / "loss.png", cfg.recipe)
+    plot_runs({cfg.name: run_dir}, run_dir / "loss.png", cfg.name)
     summaries.append(summary)
-    print(f"GEMMs per training step ({cfg.recipe}):")
+    print(f"GEMMs per training step ({cfg.name}):")
     print("\n".join(summary["gemms"]["summary"]))
   if len(summaries) > 1:
     rows = write_comparison(out, summaries, info)
-    print_table(rows, f"{len(rows)} recipes, {cfgs[0].steps} steps each")
+    print_table(rows, f"{len(rows)} runs, {cfgs[0].steps} steps each")
     print(f"comparison: {out / 'comparison.png'}, {out / 'summary.md'}")
   else:
-    print_table(comparison_rows(summaries), cfgs[0].recipe)
+    print_table(comparison_rows(summaries), cfgs[0].name)
   return 0

@@ -19,10 +19,19 @@ import numpy as np
 import optax
 from flax import nnx
 
+from lowprec_jax import optim
 from lowprec_jax.ops import census, get_recipe
 from train import data as data_lib
 from train.checkpoint import Checkpoints
 from train.model import GPT, GPTConfig, loss_fn, quantize_gpt
+
+# optax.adamw and its quantized-state twins share a signature.
+OPTIMIZERS = {
+  "adamw": optax.adamw,
+  "adamw_fp8": optim.adamw_fp8,
+  "adamw_8bit": optim.adamw_8bit,
+  "adamw_4bit": optim.adamw_4bit,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +39,7 @@ class TrainConfig:
   """Everything that determines a run's trajectory."""
 
   recipe: str = "bf16"
+  optimizer: str = "adamw"
   model: GPTConfig = GPTConfig()
   steps: int = 300
   batch_size: int = 16
@@ -46,11 +56,22 @@ class TrainConfig:
 
   def __post_init__(self):
     get_recipe(self.recipe)
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(
+        f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}"
+      )
     for name in ("steps", "batch_size", "eval_every", "eval_batches"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.ckpt_every < 1:
       raise ValueError(f"ckpt_every must be >= 1, got {self.ckpt_every}")
+
+  @property
+  def name(self) -> str:
+    """The run's name: the recipe, plus ``+optimizer`` unless it is adamw."""
+    if self.optimizer == "adamw":
+      return self.recipe
+    return f"{self.recipe}+{self.optimizer}"
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -63,8 +84,12 @@ class TrainConfig:
 def make_optimizer(cfg: TrainConfig):
   """AdamW (b2 = 0.95) with warmup + cosine decay, global-norm clipping.
 
-  Weight decay applies to matrices only (not LayerNorm scales or biases).
-  Returns the transformation and the learning-rate schedule.
+  ``cfg.optimizer`` picks fp32 states (``adamw``) or quantized ones
+  (``adamw_fp8``, ``adamw_8bit``, ``adamw_4bit``, with
+  :mod:`lowprec_jax.optim`'s default mask: embeddings, vectors and small
+  matrices keep fp32 states). Weight decay applies to matrices only (not
+  LayerNorm scales or biases). Returns the transformation and the
+  learning-rate schedule.
   """
   schedule = optax.warmup_cosine_decay_schedule(
     0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1), cfg.lr * 0.1
@@ -72,7 +97,7 @@ def make_optimizer(cfg: TrainConfig):
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
   return optax.chain(
     optax.clip_by_global_norm(cfg.grad_clip),
-    optax.adamw(
+    OPTIMIZERS[cfg.optimizer](
       schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay_mask
     ),
   ), schedule
@@ -228,6 +253,7 @@ def run(
     metrics.close()
     checkpoints.close()
   summary = _summarize(cfg, run_dir, provenance, gemms, rates)
+  summary["optimizer_state"] = optimizer_state_bytes(graphdef, state)
   summary["wall_s_this_session"] = round(time.perf_counter() - started, 1)
   (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
@@ -239,11 +265,26 @@ def _progress(cfg: TrainConfig, start: int, enabled: bool):
   return tqdm(
     total=cfg.steps,
     initial=start,
-    desc=cfg.recipe,
+    desc=cfg.name,
     unit="step",
     disable=not enabled,
     dynamic_ncols=True,
   )
+
+
+def optimizer_state_bytes(graphdef, state) -> dict:
+  """Exact bytes of the optimizer state, total and per model parameter
+  (quantized and fp32-state leaves together, step counters included)."""
+  model, optimizer = nnx.merge(graphdef, state)
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  opt = jax.tree.leaves(nnx.state(optimizer, nnx.OptState))
+  n_params = sum(int(p.size) for p in params)
+  n_bytes = sum(int(x.size) * x.dtype.itemsize for x in opt)
+  return {
+    "bytes": n_bytes,
+    "parameters": n_params,
+    "bytes_per_parameter": round(n_bytes / n_params, 4),
+  }
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict]:
@@ -255,7 +296,9 @@ def _summarize(cfg, run_dir, provenance, gemms, rates) -> dict:
   evals = [r for r in records if "eval_loss" in r]
   tail = [r["loss"] for r in records[-max(1, len(records) // 10) :]]
   return {
+    "run": cfg.name,
     "recipe": cfg.recipe,
+    "optimizer": cfg.optimizer,
     "steps": records[-1]["step"],
     "tokens": records[-1]["step"] * cfg.batch_size * cfg.model.seq_len,
     "final_eval_loss": evals[-1]["eval_loss"],

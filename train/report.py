@@ -82,7 +82,7 @@ def plot_runs(
 
 def comparison_rows(summaries: list[dict], baseline: str = "bf16"):
   """Rows of the comparison table; loss deltas are relative to ``baseline``."""
-  base = next((s for s in summaries if s["recipe"] == baseline), None)
+  base = next((s for s in summaries if s["run"] == baseline), None)
   rows = []
   for s in summaries:
     delta = None
@@ -90,12 +90,15 @@ def comparison_rows(summaries: list[dict], baseline: str = "bf16"):
       delta = 100 * (s["final_eval_loss"] / base["final_eval_loss"] - 1)
     rows.append(
       {
-        "recipe": s["recipe"],
+        "run": s["run"],
         "steps": s["steps"],
         "final_eval_loss": s["final_eval_loss"],
         "final_train_loss": s["final_train_loss"],
         "delta_vs_bf16_pct": delta,
         "tokens_per_s": s["median_tokens_per_s"],
+        "optimizer_bytes_per_param": s["optimizer_state"][
+          "bytes_per_parameter"
+        ],
         "quantized_gemms": s["gemms"]["quantized"],
         "unquantized_gemms": s["gemms"]["unquantized"],
       }
@@ -104,12 +107,13 @@ def comparison_rows(summaries: list[dict], baseline: str = "bf16"):
 
 
 COLUMNS = (
-  "recipe",
+  "run",
   "steps",
   "final eval loss",
   "final train loss",
   "vs bf16",
   "tokens/s",
+  "optimizer state B/param",
   "quantized / unquantized GEMMs per step",
 )
 
@@ -118,12 +122,13 @@ def _cells(r: dict) -> tuple[str, ...]:
   """One comparison row as the strings of ``COLUMNS``."""
   delta, tps = r["delta_vs_bf16_pct"], r["tokens_per_s"]
   return (
-    r["recipe"],
+    r["run"],
     str(r["steps"]),
     f"{r['final_eval_loss']:.4f}",
     f"{r['final_train_loss']:.4f}",
     "-" if delta is None else f"{delta:+.2f}%",
     "-" if tps is None else f"{tps:.0f}",
+    f"{r['optimizer_bytes_per_param']:.3f}",
     f"{r['quantized_gemms']} / {r['unquantized_gemms']}",
   )
 
@@ -140,7 +145,7 @@ def print_table(rows: list[dict], title: str) -> None:
 
   table = Table(title=title)
   for col in COLUMNS:
-    table.add_column(col, justify="left" if col == "recipe" else "right")
+    table.add_column(col, justify="left" if col == "run" else "right")
   for r in rows:
     table.add_row(*_cells(r))
   Console(width=120).print(table)
@@ -151,8 +156,8 @@ def write_comparison(
 ) -> list[dict]:
   """comparison.png, summary.json and summary.md for several runs."""
   rows = comparison_rows(summaries)
-  runs = {s["recipe"]: out_dir / s["recipe"] for s in summaries}
-  plot_runs(runs, out_dir / "comparison.png", "lowprec_jax GPT: loss by recipe")
+  runs = {s["run"]: out_dir / s["run"] for s in summaries}
+  plot_runs(runs, out_dir / "comparison.png", "lowprec_jax GPT: loss by run")
   (out_dir / "summary.json").write_text(
     json.dumps({"rows": rows, "provenance": provenance}, indent=2)
   )
