@@ -31,7 +31,7 @@ import numpy as np
 from jax import Array
 
 from lowprec_jax.optim import _codebooks
-from pallas_kernels import quantized_adam as qa
+from pallas_kernels import _moment_codecs as mc
 
 _FP8_DTYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
 
@@ -109,7 +109,7 @@ class Fp8Dre(MomentFormat):
     _check_group(self.group)
 
   def codec(self):
-    return qa.Fp8DreCodec(_FP8_DTYPES[self.dtype], self.expand, self.compact)
+    return mc.Fp8DreCodec(_FP8_DTYPES[self.dtype], self.expand, self.compact)
 
   def stat_names(self):
     if self.compact:
@@ -165,7 +165,7 @@ class Codebook(MomentFormat):
     return _codebooks.dynamic_map(self.bits, self.signed)
 
   def codec(self):
-    return qa.CodebookCodec(self.bits)
+    return mc.CodebookCodec(self.bits)
 
   def tables(self):
     return tuple(jnp.asarray(t) for t in _codebooks.tables(self.values()))
@@ -264,14 +264,14 @@ class QuantizedMoment:
   def dequantize(self) -> Array:
     fmt, layout = self.format, self.layout
     codec = fmt.codec()
-    codes = qa.split_parts(layout.view_codes(self.codes, fmt.code_width), codec)
+    codes = mc.split_parts(layout.view_codes(self.codes, fmt.code_width), codec)
     parts = codec.decode(codes, self.stats_tuple(), _lookup(fmt))
     return layout.unview(jnp.concatenate(parts, axis=-1))
 
 
 def _lookup(fmt: MomentFormat):
   tables = fmt.tables()
-  return qa.array_lookup(*tables) if tables else None
+  return mc.array_lookup(*tables) if tables else None
 
 
 def from_codes(codes, stats, fmt: MomentFormat, shape) -> QuantizedMoment:
@@ -289,7 +289,7 @@ def quantize_moment(x: Array, fmt: MomentFormat) -> QuantizedMoment:
   """Quantizes a float moment ``x`` (any shape) with ``fmt`` (plain jnp)."""
   check_float(x, "x")
   layout = GroupLayout(tuple(x.shape), fmt.group)
-  parts = qa.split_parts(layout.view(x.astype(jnp.float32)))
+  parts = mc.split_parts(layout.view(x.astype(jnp.float32)))
   codes, stats = fmt.codec().encode(parts, _lookup(fmt))
   return from_codes(jnp.concatenate(codes, axis=-1), stats, fmt, x.shape)
 

@@ -18,6 +18,7 @@ from jax import Array
 from lowprec_jax.optim import _moment_formats as mf
 from lowprec_jax.optim import _sharding
 from pallas_kernels import _common
+from pallas_kernels import _moment_codecs as mc
 from pallas_kernels import quantized_adam as qa
 
 Implementation = Literal["xla", "pallas"] | None
@@ -147,7 +148,7 @@ def scale_by_adam_quantized(
     for m, fmt in ((mu, mu_format), (nu, nu_format)):
       if fmt is None:
         args.append((layout.view(m), ()))
-        codecs.append(qa.PlainCodec(str(m.dtype)))
+        codecs.append(mc.PlainCodec(str(m.dtype)))
         tables.append(())
       else:
         codes = layout.view_codes(m.codes, fmt.code_width)
@@ -185,7 +186,7 @@ def scale_by_adam_quantized(
 
 def _unquantized_step(g, mu, nu, hyper, nesterov):
   """Both formats None: the step on the whole leaf (optax's arithmetic)."""
-  codecs = (qa.PlainCodec(str(mu.dtype)), qa.PlainCodec(str(nu.dtype)))
+  codecs = (mc.PlainCodec(str(mu.dtype)), mc.PlainCodec(str(nu.dtype)))
   u, ((m,), _), ((v,), _) = qa.step(
     (g.astype(jnp.float32),),
     ((mu,), ()),
