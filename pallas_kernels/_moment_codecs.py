@@ -145,8 +145,10 @@ class Fp8DreCodec:
   per-group FP8: ``s = M / fmax``, ``q = fp8(x / s)``.
 
   Stats: faithful ``(s, k, c)`` in float32; compact ``(M, m)`` in bfloat16,
-  M rounded up and m down (so every element stays inside the stored range)
-  and k, c, s recomputed from the stored values on both encode and decode.
+  M rounded up and m down (so every element stays inside the stored range;
+  m = M is kept when the magnitudes are all equal) and k, c, s recomputed
+  from the stored values on both encode and decode. A compact constant group
+  therefore decodes to ±M rounded up to bfloat16 (relative error < 2^-7).
   """
 
   dtype: str = "float8_e4m3fn"
@@ -193,8 +195,9 @@ class Fp8DreCodec:
     amin = jnp.minimum(_absmin_nonzero(parts), amax) if self.expand else None
     if self.compact:
       stats = (_bf16_bits(amax, round_up=True),)
-      if self.expand:
-        stats += (_bf16_bits(amin, round_up=False),)
+      if self.expand:  # equal magnitudes stay equal after rounding
+        low = _bf16_bits(amin, round_up=False)
+        stats += (jnp.where(amin >= amax, stats[0], low),)
       s, k, c = self._stats_params(stats)
     else:
       s, k, c = self._params(amax, amin)

@@ -22,6 +22,7 @@ the exact byte counts.
 
 import abc
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -262,11 +263,16 @@ class QuantizedMoment:
     return tuple(self.stats[n] for n in self.format.stat_names())
 
   def dequantize(self) -> Array:
-    fmt, layout = self.format, self.layout
-    codec = fmt.codec()
-    codes = mc.split_parts(layout.view_codes(self.codes, fmt.code_width), codec)
-    parts = codec.decode(codes, self.stats_tuple(), _lookup(fmt))
-    return layout.unview(jnp.concatenate(parts, axis=-1))
+    return _dequantize(self)
+
+
+@jax.jit
+def _dequantize(q: QuantizedMoment) -> Array:
+  fmt, layout = q.format, q.layout
+  codec = fmt.codec()
+  codes = mc.split_parts(layout.view_codes(q.codes, fmt.code_width), codec)
+  parts = codec.decode(codes, q.stats_tuple(), _lookup(fmt))
+  return layout.unview(jnp.concatenate(parts, axis=-1))
 
 
 def _lookup(fmt: MomentFormat):
@@ -285,6 +291,7 @@ def from_codes(codes, stats, fmt: MomentFormat, shape) -> QuantizedMoment:
   )
 
 
+@functools.partial(jax.jit, static_argnames="fmt")
 def quantize_moment(x: Array, fmt: MomentFormat) -> QuantizedMoment:
   """Quantizes a float moment ``x`` (any shape) with ``fmt`` (plain jnp)."""
   check_float(x, "x")
