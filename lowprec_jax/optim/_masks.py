@@ -1,0 +1,77 @@
+"""Which parameters get quantized optimizer states, and optax's partition.
+
+The decision uses each parameter's *global* shape and its path, never a
+shard's shape (bitsandbytes#2080 and torchao#4912 decided per shard, so the
+state precision changed with the sharding). Inside ``jax.jit`` shapes are
+global; inside ``shard_map`` they are not, so build masks outside it.
+
+Kept in full precision by default (each is an industry lesson):
+
+* tensors with fewer than 2 dimensions (biases, norm scales): tiny, and their
+  gradients are the least uniform;
+* tensors with fewer than ``min_size`` elements (bitsandbytes' 4096);
+* embeddings, found by path (``embed``, ``wte``, ``wpe``): their rows see
+  rare, spiky gradients and diverge with 8-bit states (bitsandbytes#11).
+"""
+
+import re
+
+import jax
+import optax
+
+DEFAULT_MIN_SIZE = 4096
+DEFAULT_EXCLUDE = r"(?i)embed|\bwte\b|\bwpe\b"
+QUANTIZED, FULL_PRECISION = "quantized", "full_precision"
+
+
+def _path(keys) -> str:
+  return jax.tree_util.keystr(keys, simple=True, separator="/")
+
+
+def quantize_mask(
+  *, min_size: int = DEFAULT_MIN_SIZE, exclude: str | None = DEFAULT_EXCLUDE
+):
+  """A mask function: ``params -> tree of bool`` (True: quantized states).
+
+  A leaf is quantized when it has ``ndim >= 2``, at least ``min_size``
+  elements, and its path (keys joined by ``/``) does not match the regular
+  expression ``exclude``.
+  """
+  pattern = None if exclude is None else re.compile(exclude)
+
+  def mask(params):
+    def keep(keys, p) -> bool:
+      if p.ndim < 2 or p.size < min_size:
+        return False
+      return pattern is None or not pattern.search(_path(keys))
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+  return mask
+
+
+default_quantize_mask = quantize_mask()
+default_quantize_mask.__doc__ = (
+  "The default mask: ``quantize_mask(min_size=4096, exclude=DEFAULT_EXCLUDE)``."
+)
+
+
+def partition_by_mask(quantized, full_precision, mask=None):
+  """``optax.partition`` sending masked-in leaves to ``quantized``.
+
+  Args:
+    quantized: transformation for leaves where the mask is True.
+    full_precision: transformation for the others.
+    mask: a tree of bools matching the parameters, or a callable
+      ``params -> tree of bools`` (optax's convention); None uses
+      :func:`default_quantize_mask`.
+  """
+  mask = default_quantize_mask if mask is None else mask
+
+  def labels(params):
+    flags = mask(params) if callable(mask) else mask
+    return jax.tree.map(lambda q: QUANTIZED if q else FULL_PRECISION, flags)
+
+  return optax.partition(
+    {QUANTIZED: quantized, FULL_PRECISION: full_precision}, labels
+  )

@@ -1,0 +1,227 @@
+"""``scale_by_adam_quantized``: Adam whose moments are stored quantized.
+
+The transform follows ``optax.scale_by_adam`` term by term; only the storage
+of ``mu`` and ``nu`` differs. Each leaf is updated by one fused step
+(:mod:`pallas_kernels.quantized_adam`): dequantize the stored moments, do the
+Adam arithmetic in float32, requantize; the float32 moments of a tensor exist
+only inside that step (in registers for ``"pallas"``, as XLA temporaries of
+that tensor for ``"xla"``).
+"""
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from lowprec_jax.optim import _moment_formats as mf
+from lowprec_jax.optim import _sharding
+from pallas_kernels import _common
+from pallas_kernels import _moment_codecs as mc
+from pallas_kernels import quantized_adam as qa
+
+Implementation = Literal["xla", "pallas"] | None
+
+
+class ScaleByAdamQuantizedState(NamedTuple):
+  """State of :func:`scale_by_adam_quantized`."""
+
+  count: Array  # shape=(), dtype=jnp.int32; steps taken
+  mu: optax.Updates  # QuantizedMoment leaves (arrays where mu_format=None)
+  nu: optax.Updates  # QuantizedMoment leaves (arrays where nu_format=None)
+
+
+def _check_format(fmt, name: str, *, need_signed: bool) -> None:
+  if fmt is None:
+    return
+  if not isinstance(fmt, mf.MomentFormat):
+    raise ValueError(
+      f"{name} must be a MomentFormat (Fp8Dre, Codebook) or None, got {fmt!r}"
+    )
+  if need_signed and not fmt.signed:
+    raise ValueError(
+      f"{name}={fmt!r} cannot hold negative values; the first moment needs "
+      "a signed format"
+    )
+
+
+def resolve_implementation(implementation, *formats) -> str:
+  """``None`` -> "pallas" on a GPU, else "xla" (always "xla" if unquantized)."""
+  if implementation not in (None, "xla", "pallas"):
+    raise ValueError(
+      f"implementation must be 'xla', 'pallas' or None, got {implementation!r}"
+    )
+  if all(f is None for f in formats):
+    if implementation == "pallas":
+      raise NotImplementedError(
+        "implementation='pallas' needs a quantized mu_format or nu_format; "
+        "with both None use 'xla' (it is optax.scale_by_adam)"
+      )
+    return "xla"
+  if implementation is None:
+    return "pallas" if _common.on_gpu() else "xla"
+  return implementation
+
+
+def _block_rows(rows: int) -> int:
+  """16 groups per program on a GPU; bigger blocks in the CPU interpreter."""
+  if _common.on_gpu():
+    return 16
+  return min(256, 1 << max(0, rows - 1).bit_length())
+
+
+def scale_by_adam_quantized(
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  *,
+  mu_format: mf.MomentFormat | None,
+  nu_format: mf.MomentFormat | None,
+  nesterov: bool = False,
+  implementation: Implementation = None,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by Adam, storing both moments in quantized formats.
+
+  With :math:`g_t` the gradient, :math:`Q_\mu, Q_\nu` the formats' quantizers
+  and :math:`D` dequantization, every step computes in float32
+
+  .. math::
+    m_t = (1 - \beta_1) g_t + \beta_1 D(\mu_{t-1}), \quad
+    v_t = (1 - \beta_2) g_t^2 + \beta_2 D(\nu_{t-1}) \\
+    u_t = \frac{m_t / (1 - \beta_1^t)}
+      {\sqrt{v_t / (1 - \beta_2^t) + \bar\varepsilon} + \varepsilon}, \quad
+    \mu_t = Q_\mu(m_t), \quad \nu_t = Q_\nu(v_t)
+
+  exactly as ``optax.scale_by_adam`` (same bias correction, ``eps_root``
+  and Nesterov variant); with both formats ``None`` it *is*
+  ``optax.scale_by_adam`` bit for bit (float32 parameters).
+
+  Args:
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to the denominator outside the square root.
+    eps_root: added to the denominator inside the square root.
+    mu_format: storage of the first moment (signed): :class:`Fp8Dre`,
+      :class:`Codebook`, or None for the parameter's own dtype.
+    nu_format: storage of the second moment, or None.
+    nesterov: use Nesterov momentum (``optax.nadam``'s rule).
+    implementation: ``"xla"`` (plain jnp), ``"pallas"`` (one fused kernel per
+      tensor; interpreted on CPU), or None (``"pallas"`` on a GPU, else
+      ``"xla"``). Both give the same bits.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state
+    :class:`ScaleByAdamQuantizedState`.
+  """
+  _check_format(mu_format, "mu_format", need_signed=True)
+  _check_format(nu_format, "nu_format", need_signed=False)
+  if mu_format is not None and nu_format is not None:
+    if mu_format.group != nu_format.group:
+      raise ValueError(
+        f"mu_format.group={mu_format.group} and nu_format.group="
+        f"{nu_format.group} must be equal (both moments share one grouping)"
+      )
+  impl = resolve_implementation(implementation, mu_format, nu_format)
+  group = (mu_format or nu_format).group if (mu_format or nu_format) else None
+
+  def init_moment(p, fmt):
+    mf.check_float(p, "every parameter")
+    if fmt is None:
+      return jnp.zeros_like(p)
+    _sharding.check_param_sharding(p, fmt)
+    return mf.zeros_moment(p.shape, fmt)
+
+  def init_fn(params):
+    mu = jax.tree.map(lambda p: init_moment(p, mu_format), params)
+    nu = jax.tree.map(lambda p: init_moment(p, nu_format), params)
+    return ScaleByAdamQuantizedState(jnp.zeros([], jnp.int32), mu, nu)
+
+  def update_leaf(g, mu, nu, hyper):
+    if g is None:
+      return None, mu, nu
+    if group is None:
+      return _unquantized_step(g, mu, nu, hyper, nesterov)
+    layout = mf.GroupLayout(tuple(g.shape), group)
+    args, codecs, tables = [], [], []
+    for m, fmt in ((mu, mu_format), (nu, nu_format)):
+      if fmt is None:
+        args.append((layout.view(m), ()))
+        codecs.append(mc.PlainCodec(str(m.dtype)))
+        tables.append(())
+      else:
+        codes = layout.view_codes(m.codes, fmt.code_width)
+        args.append((codes, m.stats_tuple()))
+        codecs.append(fmt.codec())
+        tables.append(fmt.tables())
+    run = _run_xla if impl == "xla" else _run_pallas
+    u, *new = run(
+      layout.view(g), *args, hyper, tuple(codecs), tuple(tables), nesterov
+    )
+    moments = [
+      layout.unview(codes)
+      if fmt is None
+      else mf.from_codes(codes, stats, fmt, g.shape)
+      for (codes, stats), fmt in zip(new, (mu_format, nu_format))
+    ]
+    return layout.unview(u), *moments
+
+  def update_fn(updates, state, params=None):
+    del params
+    count_inc = optax.safe_increment(state.count)
+    hyper = qa.adam_hyperparams(b1, b2, eps, eps_root, count_inc)
+    treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
+    leaves = zip(
+      treedef.flatten_up_to(updates),
+      treedef.flatten_up_to(state.mu),
+      treedef.flatten_up_to(state.nu),
+    )
+    out = [update_leaf(g, m, v, hyper) for g, m, v in leaves]
+    updates, mu, nu = (treedef.unflatten(x) for x in zip(*out))
+    return updates, ScaleByAdamQuantizedState(count_inc, mu, nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _unquantized_step(g, mu, nu, hyper, nesterov):
+  """Both formats None: the step on the whole leaf (optax's arithmetic)."""
+  codecs = (mc.PlainCodec(str(mu.dtype)), mc.PlainCodec(str(nu.dtype)))
+  u, ((m,), _), ((v,), _) = qa.step(
+    (g.astype(jnp.float32),),
+    ((mu,), ()),
+    ((nu,), ()),
+    lambda i: hyper[i],
+    codecs=codecs,
+    lookups=(None, None),
+    nesterov=nesterov,
+    separate_products=False,  # contract like optax.scale_by_adam does
+  )
+  return u[0].astype(g.dtype), m, v
+
+
+def _run_xla(g, mu, nu, hyper, codecs, tables, nesterov):
+  return qa.reference(
+    g, mu, nu, hyper, codecs=codecs, tables=tables, nesterov=nesterov
+  )
+
+
+def _run_pallas(g, mu, nu, hyper, codecs, tables, nesterov):
+  """The fused kernel on the 2-D (groups, G) view; results reshaped back."""
+  flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+  moments = [(flat(c), tuple(s.reshape(-1) for s in st)) for c, st in (mu, nu)]
+  rows = moments[0][0].shape[0]
+  u, *new = qa.quantized_adam_update(
+    flat(g),
+    *moments,
+    hyper,
+    codecs=codecs,
+    tables=tables,
+    nesterov=nesterov,
+    block_rows=_block_rows(rows),
+  )
+  shaped = [
+    (codes.reshape(c.shape), tuple(x.reshape(s.shape) for x, s in zip(st, s0)))
+    for (codes, st), (c, s0) in zip(new, (mu, nu))
+  ]
+  return u.reshape(g.shape), *shaped
