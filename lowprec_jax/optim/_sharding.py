@@ -19,6 +19,7 @@ import math
 
 import jax
 import optax
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lowprec_jax.optim import _moment_formats as mf
@@ -110,6 +111,8 @@ def state_partition_specs(tx, params, param_specs, mesh=None):
   state = jax.eval_shape(tx.init, params)
 
   def leaf_specs(leaf, spec):
+    if isinstance(spec, nnx.Variable):  # nnx.get_partition_spec output
+      spec = spec.get_value()
     if isinstance(leaf, mf.QuantizedMoment):
       codes, stats = moment_specs(leaf.shape, leaf.format, spec, mesh_shape)
       return mf.QuantizedMoment(

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from jax import Array
 
 from lowprec_jax.optim import _moment_formats as mf
@@ -126,17 +127,29 @@ def scale_by_adam_quantized(
   impl = resolve_implementation(implementation, mu_format, nu_format)
   group = (mu_format or nu_format).group if (mu_format or nu_format) else None
 
-  def init_moment(p, fmt):
+  def zero_moment(p, fmt):
     mf.check_float(p, "every parameter")
-    if fmt is None:
-      return jnp.zeros_like(p)
     _sharding.check_param_sharding(p, fmt)
     return mf.zeros_moment(p.shape, fmt)
 
+  def init_moment(p, fmt):
+    if fmt is None:  # like optax: zeros of the parameter (Variable kept)
+      return jax.tree.map(jnp.zeros_like, p)
+    p = p.get_value() if isinstance(p, nnx.Variable) else p
+    return jax.tree.map(lambda x: zero_moment(x, fmt), p)  # or a MaskedNode
+
   def init_fn(params):
-    mu = jax.tree.map(lambda p: init_moment(p, mu_format), params)
-    nu = jax.tree.map(lambda p: init_moment(p, nu_format), params)
-    return ScaleByAdamQuantizedState(jnp.zeros([], jnp.int32), mu, nu)
+    # A quantized moment replaces a Flax Variable rather than sitting inside
+    # one, so nnx.Optimizer wraps its arrays (codes, stats) individually.
+    moments = [
+      jax.tree.map(
+        lambda p, f=fmt: init_moment(p, f),
+        params,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+      )
+      for fmt in (mu_format, nu_format)
+    ]
+    return ScaleByAdamQuantizedState(jnp.zeros([], jnp.int32), *moments)
 
   def update_leaf(g, mu, nu, hyper):
     if g is None:
