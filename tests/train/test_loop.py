@@ -29,11 +29,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
 @pytest.mark.parametrize(
-  "recipe, quantized",
-  [("bf16", 0), ("jetfire_int8", 12), ("fp8_current", 12), ("fp8_block", 12)],
+  "recipe, optimizer, quantized",
+  [
+    ("bf16", "adamw", 0),
+    ("jetfire_int8", "adamw", 12),
+    ("fp8_current", "adamw", 12),
+    ("fp8_block", "adamw", 12),
+    ("coat_fp8", "adamw_fp8", 12),
+    ("bf16", "adamw_8bit", 0),
+    ("bf16", "adamw_4bit", 0),
+  ],
 )
-def test_every_recipe_trains(tmp_path, recipe, quantized):
-  cfg = _tiny(recipe=recipe)
+def test_every_recipe_and_optimizer_trains(
+  tmp_path, recipe, optimizer, quantized
+):
+  cfg = _tiny(recipe=recipe, optimizer=optimizer)
   summary = run(cfg, tmp_path, provenance={"command": "test"}, progress=False)
   records = read_metrics(tmp_path)
   assert [r["step"] for r in records] == list(range(1, 9))
@@ -44,6 +54,11 @@ def test_every_recipe_trains(tmp_path, recipe, quantized):
   saved = json.loads((tmp_path / "summary.json").read_text())
   assert saved["provenance"] == {"command": "test"}
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
+  state_bytes = summary["optimizer_state"]["bytes_per_parameter"]
+  if optimizer == "adamw":
+    assert state_bytes == pytest.approx(8.0, abs=0.01)  # + step counters
+  else:
+    assert state_bytes < 8.0  # some leaves keep fp32 states (embeddings)
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -54,12 +69,18 @@ def test_resume_refuses_a_different_config(tmp_path):
     run(other, tmp_path, provenance={}, progress=False)
 
 
-def test_kill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+@pytest.mark.parametrize(
+  "recipe, optimizer", [("jetfire_int8", "adamw"), ("coat_fp8", "adamw_fp8")]
+)
+def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
+  tmp_path, recipe, optimizer
+):
   """The step-8 save never completed: only a partial temporary directory is
-  left. The restart must restore step 4, clean up, and reproduce steps 5-8."""
+  left. The restart must restore step 4 (FP8 optimizer states included),
+  clean up, and reproduce steps 5-8 bit for bit."""
   import shutil
 
-  cfg = _tiny(recipe="jetfire_int8")
+  cfg = _tiny(recipe=recipe, optimizer=optimizer)
   run(cfg, tmp_path, provenance={}, progress=False)
   before = read_metrics(tmp_path)
   ckpt = tmp_path / "checkpoints"
@@ -83,6 +104,9 @@ def test_cli_rejects_bad_arguments(capsys):
     main(["--recipe", "int3", "--out", "/nonexistent"])
   assert e.value.code == 2
   assert "recipe must be one of" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    main(["--recipe", "bf16+sgd", "--out", "/nonexistent"])
+  assert "optimizer must be one of" in capsys.readouterr().err
 
 
 def _cmd(out):
@@ -162,24 +186,52 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path):
   assert a == b  # bit-identical losses and eval losses at every step
 
 
-def test_cli_compares_recipes(tmp_path, capsys):
+def test_cli_compares_runs(tmp_path, capsys):
+  """Runs name a recipe and optionally an optimizer; bf16 is the baseline."""
   argv = _cmd(tmp_path)[3:]  # drop "python -m train"
-  argv[argv.index("jetfire_int8")] = "bf16,fp8_current"
+  argv[argv.index("jetfire_int8")] = "bf16,coat_fp8+adamw_fp8,fp8_current"
   argv[argv.index("30")] = "6"
-  assert main(argv) == 0
+  assert main(argv + ["--optimizer", "adamw_8bit"]) == 0
   printed = capsys.readouterr().out
-  assert "2 recipes, 6 steps each" in printed and "fp8_current" in printed
+  assert "3 runs, 6 steps each" in printed and "coat_fp8+adamw_fp8" in printed
   summary = json.loads((tmp_path / "summary.json").read_text())
-  rows = {r["recipe"]: r for r in summary["rows"]}
+  rows = {r["run"]: r for r in summary["rows"]}
+  assert set(rows) == {
+    "bf16+adamw_8bit",
+    "coat_fp8+adamw_fp8",
+    "fp8_current+adamw_8bit",
+  }
+  base = rows["bf16+adamw_8bit"]
+  assert all(r["delta_vs_bf16_pct"] is None for r in rows.values())
+  assert (
+    json.loads((tmp_path / "coat_fp8+adamw_fp8" / "config.json").read_text())[
+      "optimizer"
+    ]
+    == "adamw_fp8"
+  )
+  assert base["optimizer_bytes_per_param"] < 8
+  assert summary["provenance"]["command"].startswith("python -m train")
+  table = (tmp_path / "summary.md").read_text()
+  assert "| coat_fp8+adamw_fp8 | 6 |" in table
+  for png in ("comparison.png", "bf16+adamw_8bit/loss.png"):
+    assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_cli_deltas_are_relative_to_the_bf16_adamw_run(tmp_path):
+  argv = _cmd(tmp_path)[3:]
+  argv[argv.index("jetfire_int8")] = "bf16,bf16+adamw_4bit"
+  argv[argv.index("30")] = "4"
+  assert main(argv) == 0
+  rows = {
+    r["run"]: r
+    for r in json.loads((tmp_path / "summary.json").read_text())["rows"]
+  }
   assert rows["bf16"]["delta_vs_bf16_pct"] == 0.0
   expected = 100 * (
-    rows["fp8_current"]["final_eval_loss"] / rows["bf16"]["final_eval_loss"] - 1
+    rows["bf16+adamw_4bit"]["final_eval_loss"] / rows["bf16"]["final_eval_loss"]
+    - 1
   )
-  assert rows["fp8_current"]["delta_vs_bf16_pct"] == pytest.approx(expected)
-  assert summary["provenance"]["command"].startswith("python -m train")
-  assert "| fp8_current | 6 |" in (tmp_path / "summary.md").read_text()
-  for png in ("comparison.png", "bf16/loss.png", "fp8_current/loss.png"):
-    assert (tmp_path / png).stat().st_size > 10_000
+  assert rows["bf16+adamw_4bit"]["delta_vs_bf16_pct"] == pytest.approx(expected)
 
 
 def test_partial_last_metrics_line_is_dropped(tmp_path):
