@@ -10,6 +10,7 @@ MODULES = [
   "lowprec_jax.formats",
   "lowprec_jax.ops",
   "lowprec_jax.nn",
+  "lowprec_jax.optim",
 ]
 
 
@@ -34,6 +35,9 @@ def test_top_level_quickstart_names():
     "census",
     "Int8Block",
     "Fp8",
+    "adamw_fp8",
+    "adamw_8bit",
+    "adamw_4bit",
   ):
     assert symbol in lp.__all__
   assert lp.__version__

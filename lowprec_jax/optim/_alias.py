@@ -62,7 +62,7 @@ def adamw_quantized(
     nu_format: storage of the second moment of quantized leaves.
     quantize_mask: tree of bools or ``params -> tree of bools``; True means
       quantized states. None: :func:`default_quantize_mask` (ndim >= 2,
-      >= 4096 elements, not an embedding).
+      >= 4096 elements, not an embedding or the LM head).
     implementation: ``"xla"``, ``"pallas"`` or None (see
       :func:`scale_by_adam_quantized`).
   """

@@ -10,8 +10,11 @@ Kept in full precision by default (each is an industry lesson):
 * tensors with fewer than 2 dimensions (biases, norm scales): tiny, and their
   gradients are the least uniform;
 * tensors with fewer than ``min_size`` elements (bitsandbytes' 4096);
-* embeddings, found by path (``embed``, ``wte``, ``wpe``): their rows see
-  rare, spiky gradients and diverge with 8-bit states (bitsandbytes#11).
+* embeddings and the LM head, found by path (``embed``, ``wte``, ``wpe``,
+  ``lm_head``): rows of rare tokens get tiny gradients, so one group's second
+  moments span 10 orders of magnitude; codebook or plain-FP8 states round the
+  small ones to zero and ``m / (sqrt(v) + eps)`` explodes (bitsandbytes#11
+  for embeddings; measured for a GPT's head in ``benchmarks/moment_mse``).
 """
 
 import re
@@ -20,7 +23,7 @@ import jax
 import optax
 
 DEFAULT_MIN_SIZE = 4096
-DEFAULT_EXCLUDE = r"(?i)embed|\bwte\b|\bwpe\b"
+DEFAULT_EXCLUDE = r"(?i)embed|\bwte\b|\bwpe\b|lm_head"
 QUANTIZED, FULL_PRECISION = "quantized", "full_precision"
 
 

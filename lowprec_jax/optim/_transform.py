@@ -110,7 +110,11 @@ def scale_by_adam_quantized(
     nesterov: use Nesterov momentum (``optax.nadam``'s rule).
     implementation: ``"xla"`` (plain jnp), ``"pallas"`` (one fused kernel per
       tensor; interpreted on CPU), or None (``"pallas"`` on a GPU, else
-      ``"xla"``). Both give the same bits.
+      ``"xla"``). Both give the same bits on CPU (tested); compiled Triton
+      kernels may contract multiply-adds and use their own exp2/log2, so
+      on a GPU they agree to rounding, not bit for bit. XLA cannot
+      partition a Pallas call: with sharded states prefer ``"xla"``, whose
+      group-local arithmetic XLA shards without communication.
 
   Returns:
     An ``optax.GradientTransformation`` with state

@@ -27,8 +27,9 @@ PARAMS = {
   },
   "small": jnp.zeros((32, 32)),  # 1024 < 4096 elements
   "lm_head": {"kernel": jnp.zeros((128, 1000))},
+  "big": {"kernel": jnp.zeros((128, 1024))},
 }
-QUANTIZED = {"blocks/0/attn/qkv/kernel", "lm_head/kernel"}
+QUANTIZED = {"blocks/0/attn/qkv/kernel", "big/kernel"}
 
 
 def _paths(tree):
@@ -38,7 +39,7 @@ def _paths(tree):
   }
 
 
-def test_default_mask_keeps_embeddings_norms_biases_small_in_fp32():
+def test_default_mask_keeps_embeddings_head_norms_biases_small_in_fp32():
   flags = _paths(default_quantize_mask(PARAMS))
   assert {k for k, v in flags.items() if v} == QUANTIZED
 
@@ -52,7 +53,6 @@ def test_default_mask_on_the_training_gpt():
     "blocks/0/attn/proj/kernel",
     "blocks/0/mlp/fc/kernel",
     "blocks/0/mlp/proj/kernel",
-    "lm_head/kernel",
   }
 
 
@@ -74,7 +74,7 @@ def test_custom_masks_tree_and_callable():
     "blocks/0/ln1/bias",
   }
   only_head = jax.tree.map(lambda _: False, PARAMS)
-  only_head["lm_head"]["kernel"] = True
+  only_head["lm_head"]["kernel"] = True  # overrides the default exclusion
   for mask in (only_head, lambda params: only_head):
     state = adamw_8bit(1e-3, quantize_mask=mask).init(PARAMS)
     quantized = jax.tree.leaves(
@@ -92,4 +92,4 @@ def test_fp32_leaves_get_optax_adam_states():
   mu = _paths(full.mu)
   assert mu["wte/embedding"].dtype == jnp.float32
   assert mu["blocks/0/ln1/bias"].shape == (128,)
-  assert "lm_head/kernel" not in mu  # a MaskedNode: no leaves
+  assert "big/kernel" not in mu  # a MaskedNode: no leaves

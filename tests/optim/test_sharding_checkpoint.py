@@ -26,6 +26,7 @@ from lowprec_jax.optim import (
   state_shardings,
 )
 from tests.helpers import rng
+from tests.optim.helpers import bits
 
 SPECS = {"w": P(None, "x"), "rows": P("x", None), "flat": P("x")}
 SHAPES = {"w": (8, 256), "rows": (16, 128), "flat": (4, 64)}
@@ -60,12 +61,6 @@ def _grads(t):
     k: jnp.asarray(rng("g", k, t).standard_normal(s), jnp.float32)
     for k, s in SHAPES.items()
   }
-
-
-def _bits(tree):
-  return [
-    np.asarray(x).reshape(-1).view(np.uint8) for x in jax.tree.leaves(tree)
-  ]
 
 
 def _moments(state):
@@ -132,24 +127,12 @@ def test_groups_never_straddle_shards(shape, spec, match):
       tx.init(sharded)
 
 
-def _save_restore(state, path, shardings):
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, state)
-  checkpointer.wait_until_finished()
-  target = jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    state,
-    shardings,
-  )
-  restored = checkpointer.restore(path, target)
-  checkpointer.close()
-  return restored
-
-
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_checkpoint_continues_bit_exactly(name, tmp_path):
-  """3 steps, save (sharded), restore, 2 more == 5 uninterrupted steps;
-  the fp8 codes (stored as float8) and bfloat16 stats survive orbax."""
+def test_checkpoint_continues_bit_exactly_under_any_sharding(name, tmp_path):
+  """3 steps, save (sharded); restored with the same shardings, 2 more
+  steps == 5 uninterrupted steps; restored fully replicated (parameters
+  too), the next step gives the same update and state. The fp8 codes
+  (stored as float8), uint8 4-bit codes and bfloat16 stats survive orbax."""
   mesh = _mesh()
   tx = OPTIMIZERS[name](1e-2)
   params = _params(mesh)
@@ -160,45 +143,41 @@ def test_checkpoint_continues_bit_exactly(name, tmp_path):
   @jax.jit
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+    return updates, optax.apply_updates(params, updates), state
 
   def run(params, state, steps):
     for t in steps:
-      params, state = step(params, state, _grads(t))
+      _, params, state = step(params, state, _grads(t))
     return params, state
 
   start = jax.jit(tx.init, out_shardings=shardings)(params)
   straight = run(params, start, range(5))
   params3, state3 = run(params, start, range(3))
-  restored = _save_restore(state3, tmp_path / "ckpt", shardings)
-  assert all(
-    np.array_equal(a, b) for a, b in zip(_bits(restored), _bits(state3))
-  )
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", state3)
+  checkpointer.wait_until_finished()
+
+  def restore(shardings):
+    target = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      state3,
+      shardings,
+    )
+    return checkpointer.restore(tmp_path / "ckpt", target)
+
+  restored = restore(shardings)
+  assert all(np.array_equal(a, b) for a, b in zip(bits(restored), bits(state3)))
   resumed = run(params3, restored, range(3, 5))
-  for a, b in zip(_bits(resumed), _bits(straight)):
+  for a, b in zip(bits(resumed), bits(straight)):
     assert np.array_equal(a, b)
 
-
-def test_restore_under_another_sharding_gives_the_same_update(tmp_path):
-  """Saved sharded, restored fully replicated: one more update (on
-  replicated parameters) equals the sharded one bit for bit."""
-  mesh = _mesh()
-  tx = OPTIMIZERS["fp8_compact_4bit"](1e-2)
-  params = _params(mesh)
-  shardings = state_shardings(
-    tx, params, jax.tree.map(lambda p: p.sharding, params)
-  )
-  update = jax.jit(tx.update)
-  state = jax.jit(tx.init, out_shardings=shardings)(params)
-  _, state = update(_grads(0), state, params)
-  replicated = jax.tree.map(lambda _: NamedSharding(mesh, P()), shardings)
-  restored = _save_restore(state, tmp_path / "ckpt", replicated)
-  for leaf in jax.tree.leaves(restored):
-    assert leaf.sharding.is_fully_replicated
-  params_replicated = jax.device_put(params, NamedSharding(mesh, P()))
-  want = update(_grads(1), state, params)
-  got = update(_grads(1), restored, params_replicated)
-  for a, b in zip(_bits(got), _bits(want)):
+  replicated = NamedSharding(mesh, P())
+  restored = restore(jax.tree.map(lambda _: replicated, shardings))
+  checkpointer.close()
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(restored))
+  want = step(params3, state3, _grads(3))
+  got = step(jax.device_put(params3, replicated), restored, _grads(3))
+  for a, b in zip(bits(got), bits(want)):
     assert np.array_equal(a, b)
 
 
