@@ -147,13 +147,14 @@ def tile_layout(shape, tile: Tile, rows: int, cols: int) -> TileLayout:
 
 
 def tile_coordinates(rows: int, cols: int, shape) -> tuple[Array, Array, Array]:
-  """Global (row, col) of every element of this program's tile, and in-range.
+  """This program's global rows (rows, 1), columns (1, cols) and in-range mask.
 
-  ``row`` indexes axis 1 and ``col`` axis 2 of the (B, R, C) array.
+  Rows index axis 1 and columns axis 2 of the (B, R, C) array. Row masks are
+  ``row < R``: Triton cannot slice a value (``mask[:, :1]``).
   """
   i, j = pl.program_id(1), pl.program_id(2)
-  row = i * rows + lax.broadcasted_iota(jnp.int32, (rows, cols), 0)
-  col = j * cols + lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
+  row = i * rows + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
+  col = j * cols + lax.broadcasted_iota(jnp.int32, (1, cols), 1)
   return row, col, (row < shape[1]) & (col < shape[2])
 
 
@@ -178,7 +179,12 @@ def tile_codes(
 
 
 def load(ref, mask: Array, other=0) -> Array:
-  """Masked load of a whole (possibly sliced) ref; masked elements = other."""
+  """Masked load of a whole (possibly sliced) ref; masked elements = other.
+
+  ``other`` is typed like the ref: Triton cannot cast an int constant to FP8.
+  """
+  if jnp.issubdtype(ref.dtype, jnp.floating):
+    other = float(other)
   return pltriton.load(ref, mask=mask, other=other)
 
 

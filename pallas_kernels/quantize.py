@@ -93,7 +93,7 @@ def _fused_kernel(*refs, layout, grid, stochastic, transpose):
   )
   L.store(q_ref, codes, mask)
   if per_row:
-    L.store(s_ref, scale, mask[:, :1])
+    L.store(s_ref, scale, row < layout.shape[1])
   else:
     s_ref[...] = scale.reshape(1, 1)
   if transpose:
@@ -107,10 +107,10 @@ def _absmax_kernel(x_ref, out_ref, *, layout):
 
   A NaN or inf is written as inf, which any later max keeps.
   """
-  _, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
+  row, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
   absmax, ok = finite_absmax(x, axis=1, keepdims=True)
-  L.store(out_ref, jnp.where(ok, absmax, jnp.inf), mask[:, :1])
+  L.store(out_ref, jnp.where(ok, absmax, jnp.inf), row < layout.shape[1])
 
 
 def _scaled_kernel(*refs, layout, grid, stochastic):
@@ -121,7 +121,7 @@ def _scaled_kernel(*refs, layout, grid, stochastic):
   row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
   if layout.kind == "rows":
-    inverse = L.load(inv_ref, mask[:, :1], other=1.0)
+    inverse = L.load(inv_ref, row < layout.shape[1], other=1.0)
   else:
     inverse = inv_ref[...]
   ok = inverse <= F32_MAX  # False for the NaN of a poisoned scale
@@ -303,12 +303,12 @@ def quantize_fp8(
 
 
 def _dequantize_kernel(q_ref, s_ref, out_ref, *, layout):
-  _, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
+  row, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   q = L.load(q_ref, mask).astype(jnp.float32)
   if layout.scale_spec().block_shape[1] == 1:
     scale = s_ref[...]
   else:
-    scale = L.load(s_ref, mask[:, :1])
+    scale = L.load(s_ref, row < layout.shape[1])
   L.store(out_ref, q * scale, mask)
 
 
