@@ -79,9 +79,14 @@ def compiler_params(num_warps: int, num_stages: int):
 
 @dataclasses.dataclass(frozen=True)
 class TileLayout:
-  """Program tiles of a (B, R, C) array quantized with scale tile ``tile``."""
+  """Program tiles of a (B, R, C) array quantized with a scale tile.
 
-  kind: str  # "block" (S x S), "groups" (1 x G), "rows" or "tensor"
+  Kinds: "block" (S x S; one scale per program), "groups" (1 x G; a scale
+  per program row), "col_groups" (G x 1; a scale per program column),
+  "rows" (1 x C; two-stage) and "tensor" (one scale; two-stage).
+  """
+
+  kind: str
   shape: tuple[int, int, int]
   rows: int
   cols: int
@@ -89,7 +94,7 @@ class TileLayout:
   @property
   def fused(self) -> bool:
     """True when every program holds whole scale tiles."""
-    return self.kind in ("block", "groups")
+    return self.kind in ("block", "groups", "col_groups")
 
   @property
   def grid(self) -> tuple[int, int, int]:
@@ -97,52 +102,80 @@ class TileLayout:
     return b, cdiv(r, self.rows), cdiv(c, self.cols)
 
   @property
+  def scale_tile(self) -> tuple[int, int]:
+    """Rows and columns sharing one scale (per-tensor: the whole matrix)."""
+    _, r, c = self.shape
+    return {
+      "block": (self.rows, self.cols),
+      "groups": (1, self.cols),
+      "col_groups": (self.rows, 1),
+      "rows": (1, c),
+      "tensor": (r, c),
+    }[self.kind]
+
+  @property
   def scale_shape(self) -> tuple[int, int, int]:
     b, r, c = self.shape
-    return {
-      "block": (b, cdiv(r, self.rows), cdiv(c, self.cols)),
-      "groups": (b, r, cdiv(c, self.cols)),
-      "rows": (b, r, 1),
-      "tensor": (1, 1, 1),
-    }[self.kind]
+    if self.kind == "tensor":
+      return (1, 1, 1)
+    tr, tc = self.scale_tile
+    return b, cdiv(r, tr), cdiv(c, tc)
+
+  @property
+  def reduce_axes(self) -> tuple[int, ...]:
+    """Axes of a program tile that one scale spans (fused kinds)."""
+    return {"block": (0, 1), "groups": (1,), "col_groups": (0,)}[self.kind]
 
   def tile_spec(self) -> pl.BlockSpec:
     return pl.BlockSpec((None, self.rows, self.cols), lambda b, i, j: (b, i, j))
 
   def scale_spec(self) -> pl.BlockSpec:
-    """The scales one program uses: (1, 1) or one per tile row (rows, 1)."""
-    per_row = self.kind in ("groups", "rows")
-    block = (None, self.rows if per_row else 1, 1)
-    index = {
-      "block": lambda b, i, j: (b, i, j),
-      "groups": lambda b, i, j: (b, i, j),
-      "rows": lambda b, i, j: (b, i, 0),
-      "tensor": lambda b, i, j: (0, 0, 0),
-    }[self.kind]
-    return pl.BlockSpec(block, index)
+    """This program's scales: (1, 1), (rows, 1) or (1, cols)."""
+    block = {
+      "groups": (None, self.rows, 1),
+      "rows": (None, self.rows, 1),
+      "col_groups": (None, 1, self.cols),
+    }.get(self.kind, (None, 1, 1))
+    if self.kind == "rows":
+      return pl.BlockSpec(block, lambda b, i, j: (b, i, 0))
+    if self.kind == "tensor":
+      return pl.BlockSpec(block, lambda b, i, j: (0, 0, 0))
+    return pl.BlockSpec(block, lambda b, i, j: (b, i, j))
+
+  def scale_mask(self, row: Array, col: Array) -> Array | None:
+    """In-range mask of this program's scales (None: always in range)."""
+    if self.kind in ("groups", "rows"):
+      return row < self.shape[1]
+    if self.kind == "col_groups":
+      return col < self.shape[2]
+    return None
 
 
 def tile_layout(shape, tile: Tile, rows: int, cols: int) -> TileLayout:
-  """The layout for scale ``tile``; ``rows``/``cols`` size two-stage programs.
+  """The layout for scale ``tile``; ``rows``/``cols`` size the programs
+  where the tile does not (per-tensor, per-row, and along groups).
 
   Raises:
     ValueError: for a malformed tile.
     NotImplementedError: for valid tiles without a kernel, such as (None, 1).
   """
+  shape = tuple(shape)
   if tile is None:
-    return TileLayout("tensor", tuple(shape), rows, cols)
+    return TileLayout("tensor", shape, rows, cols)
   if not (isinstance(tile, tuple) and len(tile) == 2):
     raise ValueError(f"tile must be None or a pair (rows, cols), got {tile!r}")
   tr, tc = tile
   if tile == (1, None):
-    return TileLayout("rows", tuple(shape), rows, cols)
+    return TileLayout("rows", shape, rows, cols)
   if tr == 1 and is_power_of_two(tc) and tc > 1:
-    return TileLayout("groups", tuple(shape), rows, tc)
+    return TileLayout("groups", shape, rows, tc)
+  if tc == 1 and is_power_of_two(tr) and tr > 1:
+    return TileLayout("col_groups", shape, tr, cols)
   if tr == tc and is_power_of_two(tr) and tr > 1:
-    return TileLayout("block", tuple(shape), tr, tr)
+    return TileLayout("block", shape, tr, tr)
   raise NotImplementedError(
     f"tile {tile!r} has no quantize kernel; supported: None (per-tensor), "
-    "(1, None) (per-row), (1, G) and (S, S) with G, S powers of two"
+    "(1, None) (per-row), (1, G), (G, 1) and (S, S) with G, S powers of two"
   )
 
 

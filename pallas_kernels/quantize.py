@@ -77,29 +77,36 @@ DEFAULT_CONFIG = QuantizeConfig()
 
 
 def _fused_kernel(*refs, layout, grid, stochastic, transpose):
-  """Absmax, scale and codes of whole S x S blocks or 1 x G groups."""
+  """Absmax, scale and codes of whole S x S, 1 x G or G x 1 tiles."""
   x_ref, *refs = refs
   seed_ref = refs.pop(0) if stochastic else None
   q_ref, s_ref, *transposed = refs
   row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
-  per_row = layout.kind == "groups"
-  axis = 1 if per_row else None
-  absmax, ok = finite_absmax(x, axis=axis, keepdims=per_row)
+  absmax, ok = finite_absmax(x, axis=layout.reduce_axes, keepdims=True)
   scale, inverse = tile_scale(absmax, ok, grid.qmax)
-  inverse = inverse.reshape((-1, 1))
   codes = L.tile_codes(
     x, inverse, ok, row, col, layout.shape[1], seed_ref, grid
   )
   L.store(q_ref, codes, mask)
-  if per_row:
-    L.store(s_ref, scale, row < layout.shape[1])
-  else:
-    s_ref[...] = scale.reshape(1, 1)
+  _store_scales(s_ref, scale, layout, row, col)
   if transpose:
     qt_ref, st_ref = transposed
     L.store(qt_ref, codes.T, mask.T)
-    st_ref[...] = scale.reshape(1, 1)
+    st_ref[...] = scale
+
+
+def _store_scales(s_ref, scale, layout, row, col) -> None:
+  mask = layout.scale_mask(row, col)
+  if mask is None:
+    s_ref[...] = scale
+  else:
+    L.store(s_ref, scale, mask)
+
+
+def _load_scales(s_ref, layout, row, col, other) -> Array:
+  mask = layout.scale_mask(row, col)
+  return s_ref[...] if mask is None else L.load(s_ref, mask, other)
 
 
 def _absmax_kernel(x_ref, out_ref, *, layout):
@@ -120,10 +127,7 @@ def _scaled_kernel(*refs, layout, grid, stochastic):
   (q_ref,) = refs
   row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
-  if layout.kind == "rows":
-    inverse = L.load(inv_ref, row < layout.shape[1], other=1.0)
-  else:
-    inverse = inv_ref[...]
+  inverse = _load_scales(inv_ref, layout, row, col, 1.0)
   ok = inverse <= F32_MAX  # False for the NaN of a poisoned scale
   codes = L.tile_codes(
     x, inverse, ok, row, col, layout.shape[1], seed_ref, grid
@@ -303,12 +307,9 @@ def quantize_fp8(
 
 
 def _dequantize_kernel(q_ref, s_ref, out_ref, *, layout):
-  row, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
+  row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   q = L.load(q_ref, mask).astype(jnp.float32)
-  if layout.scale_spec().block_shape[1] == 1:
-    scale = s_ref[...]
-  else:
-    scale = L.load(s_ref, row < layout.shape[1])
+  scale = _load_scales(s_ref, layout, row, col, 0.0)
   L.store(out_ref, q * scale, mask)
 
 

@@ -10,6 +10,7 @@ MODULES = [
   "lowprec_jax.formats",
   "lowprec_jax.ops",
   "lowprec_jax.nn",
+  "pallas_kernels",
 ]
 
 

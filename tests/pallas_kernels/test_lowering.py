@@ -27,7 +27,7 @@ from pallas_kernels._common import cdiv, cuda_lowering
 
 B, M, N, K = 2, 200, 136, 328
 E4M3, E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
-FP8_TILES = [None, (1, None)] + [
+FP8_TILES = [None, (1, None), (128, 1)] + [
   t for g in (32, 64, 128) for t in ((1, g), (g, g))
 ]
 

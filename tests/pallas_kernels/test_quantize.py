@@ -92,6 +92,7 @@ FP8_CASES = [  # (tile, dtype, rounding): every tile, both dtypes and roundings
   ((1, 32), E4M3, "stochastic"),
   ((128, 128), E4M3, "stochastic"),
   ((32, 32), E5M2, "nearest"),
+  ((128, 1), E4M3, "stochastic"),  # x^T of 1 x 128 groups (fp8_block drhs)
 ]
 
 
