@@ -50,6 +50,42 @@ def check_array(name: str, x, dtypes, ndim: int = 3) -> None:
     )
 
 
+def check_operands(a_q, b_q, dtypes) -> tuple[int, int, int, int]:
+  """Checks K-major GEMM operands (B, M, K) and (B, N, K); returns BMNK."""
+  check_array("a_q", a_q, dtypes)
+  check_array("b_q", b_q, dtypes)
+  (ba, m, k), (bb, n, kb) = a_q.shape, b_q.shape
+  if ba != bb or k != kb:
+    raise ValueError(
+      f"a_q has shape {a_q.shape} and b_q has shape {b_q.shape}; expected "
+      "(B, M, K) and (B, N, K) with the same B and K"
+    )
+  return ba, m, n, k
+
+
+def check_scales(name: str, s, want: tuple[int, ...], what: str) -> None:
+  """Raises ValueError unless ``s`` is float32 of shape ``want``."""
+  check_array(name, s, (np.dtype(np.float32),))
+  if tuple(s.shape) != tuple(want):
+    raise ValueError(
+      f"{name} has {describe(s)}; for {what} expected float32 of shape "
+      f"{tuple(want)}"
+    )
+
+
+def check_out_dtype(out_dtype) -> np.dtype:
+  """The output dtype as np.dtype; ValueError unless f32, bf16 or f16."""
+  try:
+    dtype = np.dtype(out_dtype)
+  except TypeError:
+    dtype = None
+  if dtype not in FLOAT_DTYPES:
+    raise ValueError(
+      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
+    )
+  return dtype
+
+
 def is_power_of_two(n) -> bool:
   return isinstance(n, int) and n > 0 and n & (n - 1) == 0
 
@@ -72,9 +108,25 @@ def seed_array(seed, rounding: str) -> Array | None:
   return jnp.asarray(seed).astype(jnp.uint32).reshape(1)
 
 
-def compiler_params(num_warps: int, num_stages: int):
-  """Triton compiler parameters (ignored by the interpreter)."""
-  return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+def call(kernel, *, grid, in_specs, outs, tuning, interpret, name, args):
+  """One Triton-backend pallas_call; ``outs`` = [(struct, BlockSpec)] and
+  ``tuning`` = (num_warps, num_stages). Returns the outputs as a tuple."""
+  shapes, specs = zip(*outs)
+  num_warps, num_stages = tuning
+  return tuple(
+    pl.pallas_call(
+      kernel,
+      out_shape=list(shapes),
+      grid=grid,
+      in_specs=list(in_specs),
+      out_specs=list(specs),
+      compiler_params=pltriton.CompilerParams(
+        num_warps=num_warps, num_stages=num_stages
+      ),
+      interpret=interpret,
+      name=name,
+    )(*args)
+  )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -206,18 +206,15 @@ def run(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan, name: str, interpret):
   if plan.stochastic:
     args.append(seed)
     specs.append(pl.BlockSpec((1,), lambda b, i, j: (0,)))
-  shapes, o_specs = zip(*out_specs(plan))
-  return tuple(
-    pl.pallas_call(
-      functools.partial(kernel, plan=plan),
-      out_shape=list(shapes),
-      grid=plan.grid,
-      in_specs=specs,
-      out_specs=list(o_specs),
-      compiler_params=L.compiler_params(plan.num_warps, plan.num_stages),
-      interpret=interpret,
-      name=name,
-    )(*args)
+  return L.call(
+    functools.partial(kernel, plan=plan),
+    grid=plan.grid,
+    in_specs=specs,
+    outs=out_specs(plan),
+    tuning=(plan.num_warps, plan.num_stages),
+    interpret=interpret,
+    name=name,
+    args=args,
   )
 
 

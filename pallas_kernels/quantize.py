@@ -137,17 +137,16 @@ def _scaled_kernel(*refs, layout, grid, stochastic):
 
 def _run(kernel, layout, config, interpret, name, args, in_specs, outs):
   """One pallas_call over ``layout``'s grid; ``outs`` = [(struct, spec)]."""
-  shapes, specs = zip(*outs)
-  return pl.pallas_call(
+  return L.call(
     kernel,
-    out_shape=list(shapes),
     grid=layout.grid,
     in_specs=in_specs,
-    out_specs=list(specs),
-    compiler_params=L.compiler_params(config.num_warps, config.num_stages),
+    outs=outs,
+    tuning=(config.num_warps, config.num_stages),
     interpret=interpret,
     name=name,
-  )(*args)
+    args=args,
+  )
 
 
 def _seeded(args, in_specs, seed):
@@ -189,9 +188,7 @@ def _quantize_fused(x, seed, *, grid, layout, transpose, config, interpret):
   name = (
     "lpj_quantize_int8_block" if grid.dtype == np.int8 else "lpj_quantize_fp8"
   )
-  return tuple(
-    _run(kernel, layout, config, interpret, name, args, in_specs, outs)
-  )
+  return _run(kernel, layout, config, interpret, name, args, in_specs, outs)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC[:2] + _STATIC[3:])
@@ -325,21 +322,14 @@ def dequantize(
   """``q * s`` per tile (computed in f32), cast to ``out_dtype``."""
   L.check_array("q", q, (np.dtype(np.int8), *L.FP8_DTYPES))
   layout = L.tile_layout(q.shape, tile, config.rows, config.cols)
-  L.check_array("s", s, (np.dtype(np.float32),))
-  if tuple(s.shape) != layout.scale_shape:
-    raise ValueError(
-      f"s has {L.describe(s)}; for q of shape {tuple(q.shape)} and tile "
-      f"{tile!r} expected float32 of shape {layout.scale_shape}"
-    )
-  if np.dtype(out_dtype) not in L.FLOAT_DTYPES:
-    raise ValueError(
-      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
-    )
+  what = f"q of shape {tuple(q.shape)} and tile {tile!r}"
+  L.check_scales("s", s, layout.scale_shape, what)
+  out_dtype = L.check_out_dtype(out_dtype)
   return _dequantize(
     q,
     s,
     layout=layout,
-    out_dtype=np.dtype(out_dtype),
+    out_dtype=out_dtype,
     config=config,
     interpret=resolve_interpret(interpret),
   )

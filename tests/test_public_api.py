@@ -10,7 +10,6 @@ MODULES = [
   "lowprec_jax.formats",
   "lowprec_jax.ops",
   "lowprec_jax.nn",
-  "pallas_kernels",
 ]
 
 
