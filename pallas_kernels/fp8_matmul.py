@@ -103,17 +103,19 @@ def _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config):
   (ka, group), (kb_, _) = scale_kind(a_tile), scale_kind(b_tile)
   chunk = group or config.block_k
   mixed = a_q.dtype != b_q.dtype
+  block_m = config.block_m
+  block_n = max(config.block_n, chunk if kb_ == "block" else 1)
   return core.MatmulPlan(
     bmnk=(b, m, n, k),
     a_scales=ka,
     b_scales=kb_,
     chunk=chunk,
-    block_m=config.block_m,
-    block_n=max(config.block_n, chunk if kb_ == "block" else 1),
+    block_m=block_m,
+    block_n=block_n,
     accumulator=np.dtype(np.float32),
     upcast=np.dtype(jnp.bfloat16) if mixed else None,
     out_dtype=out_dtype,
-    num_warps=config.num_warps,
+    num_warps=core.warps_for(block_m, block_n, config.num_warps),
     num_stages=config.num_stages,
   )
 

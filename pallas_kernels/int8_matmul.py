@@ -65,19 +65,20 @@ def _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype) -> None:
 
 def _plan(a_q, b_q, block, out_dtype, out_block, stochastic, config):
   side = max(block, out_block or 1)
+  block_m, block_n = max(config.block_m, side), max(config.block_n, side)
   return core.MatmulPlan(
     bmnk=(*a_q.shape[:2], b_q.shape[1], a_q.shape[2]),
     a_scales="block",
     b_scales="block",
     chunk=block,
-    block_m=max(config.block_m, side),
-    block_n=max(config.block_n, side),
+    block_m=block_m,
+    block_n=block_n,
     accumulator=np.dtype(np.int32),
     upcast=None,
     out_dtype=np.dtype(out_dtype),
     out_block=out_block,
     stochastic=stochastic,
-    num_warps=config.num_warps,
+    num_warps=core.warps_for(block_m, block_n, config.num_warps),
     num_stages=config.num_stages,
   )
 

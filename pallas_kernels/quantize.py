@@ -156,10 +156,10 @@ def _seeded(args, in_specs, seed):
   return args, in_specs
 
 
-_STATIC = ("grid", "layout", "transpose", "config", "interpret")
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(
+  jax.jit,
+  static_argnames=("grid", "layout", "transpose", "config", "interpret"),
+)
 def _quantize_fused(x, seed, *, grid, layout, transpose, config, interpret):
   args, in_specs = _seeded([x], [layout.tile_spec()], seed)
   outs = [
@@ -185,13 +185,13 @@ def _quantize_fused(x, seed, *, grid, layout, transpose, config, interpret):
     stochastic=seed is not None,
     transpose=transpose,
   )
-  name = (
-    "lpj_quantize_int8_block" if grid.dtype == np.int8 else "lpj_quantize_fp8"
-  )
+  name = "lpj_quantize_int8_block" if grid.is_int8 else "lpj_quantize_fp8"
   return _run(kernel, layout, config, interpret, name, args, in_specs, outs)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC[:2] + _STATIC[3:])
+@functools.partial(
+  jax.jit, static_argnames=("grid", "layout", "config", "interpret")
+)
 def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
   b, m, _ = x.shape
   partial_shape = (b, m, layout.grid[2])
