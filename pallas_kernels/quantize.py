@@ -21,7 +21,7 @@ rounding step uses :mod:`pallas_kernels._rounding`).
   ``transpose=True`` the same program also writes the block transposed into
   ``q_t`` (B, K, M): the same codes (hashed at their original coordinates),
   with the transposed scale grid, so ``q_t == q.mT`` exactly.
-* ``quantize_fp8``: S x S blocks and 1 x G groups in one fused kernel;
+* ``quantize_fp8``: S x S blocks, 1 x G and G x 1 groups in one fused kernel;
   per-row and per-tensor scales in two stages: a kernel writes the maximum
   of every (row, column tile), ``jnp.max`` reduces that small array, and the
   quantize kernel applies the scales.
