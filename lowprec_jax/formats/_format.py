@@ -13,7 +13,7 @@ tile groups along the contraction axis.
 
 Every format quantizes with
 
-    scale = absmax(tile) / qmax        (fp32; 1 for an all-zero tile)
+    scale = absmax(tile) * RN(1 / qmax)   (fp32; 1 for an all-zero tile)
     q     = round(x * (1 / scale))     (saturated to the grid)
     x_hat = q * scale
 

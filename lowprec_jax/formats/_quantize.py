@@ -5,7 +5,7 @@ For a tensor ``x`` and a format with tile ``T`` and grid maximum ``qmax``:
     absmax = max_{tile} |x|
     scale  = 1                                   if absmax == 0
            = NaN                                 if absmax is NaN or inf
-           = clip(absmax / qmax, 2^-126, S_max)  otherwise
+           = clip(absmax * RN(1/qmax), 2^-126, S_max)  otherwise
     y      = x * (1 / scale)            (fp32, one reciprocal per tile)
     q      = round(y)                   (nearest-even or stochastic)
     x_hat  = q * scale
@@ -120,7 +120,10 @@ def compute_scale(absmax: Array, qmax: float, scale_dtype=np.float32) -> Array:
   within ``qmax``; the result is still returned as fp32.
   """
   cap = max_scale(qmax)
-  scale = jnp.maximum(absmax / jnp.float32(qmax), jnp.float32(SCALE_FLOOR))
+  # absmax * RN(1/qmax), written out: XLA rewrites a division by a constant
+  # into this product under jit but not in eager mode, and the kernels must
+  # produce the same bits in both.
+  scale = jnp.maximum(absmax * np.float32(1.0 / qmax), jnp.float32(SCALE_FLOOR))
   if np.dtype(scale_dtype) == np.dtype(jnp.bfloat16):
     # round the cap down to bf16: clear the low half of its bit pattern
     cap = (np.asarray(cap).view(np.uint32) & np.uint32(0xFFFF0000)).view(

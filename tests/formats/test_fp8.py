@@ -116,7 +116,7 @@ def test_bf16_scales_are_rounded_up_before_the_codes_are_computed(seed):
   fmt = Fp8.groups(16, "e4m3", "bfloat16")
   qt = quantize(x, fmt)
   absmax = np.abs(np.asarray(x)).reshape(32, 4, 16).max(-1)
-  exact = absmax.astype(np.float32) / np.float32(448.0)
+  exact = absmax.astype(np.float32) * np.float32(1 / 448)  # as quantize does
   stored = np.asarray(qt.scale.astype(jnp.float32))
   assert np.all(stored >= exact)
   below = np.asarray(
@@ -148,3 +148,23 @@ def test_bf16_scales_are_rounded_up_before_the_codes_are_computed(seed):
 def test_invalid_formats_raise(make):
   with pytest.raises(ValueError, match="Fp8"):
     make()
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_eager_and_jit_give_the_same_bits(fmt):
+  """The scale is ``absmax * RN(1/qmax)`` in both modes (XLA turns a
+  division by a constant into that product under jit only)."""
+  import jax
+
+  for seed in range(4):
+    x = normal((40, 300), seed=seed, scale=3.7)
+    eager, jitted = (
+      quantize(x, fmt),
+      jax.jit(quantize, static_argnums=1)(x, fmt),
+    )
+    np.testing.assert_array_equal(
+      eager.scale.astype(jnp.float32), jitted.scale.astype(jnp.float32)
+    )
+    np.testing.assert_array_equal(
+      eager.qvalue.astype(jnp.float32), jitted.qvalue.astype(jnp.float32)
+    )
