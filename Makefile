@@ -1,4 +1,5 @@
-# make demo: set up, then train bf16 / jetfire_int8 / fp8_current side by side.
+# make demo: set up, then train bf16 / jetfire_int8 / fp8_current /
+# coat_fp8 with FP8 optimizer states side by side.
 # make test: set up, then lint and run the tests (what CI runs).
 
 PYTHON ?= $(shell command -v python3.12 || command -v python3 || command -v python)
@@ -28,7 +29,8 @@ test: lint
 	$(PY) -m pytest --doctest-modules lowprec_jax pallas_kernels tests
 
 demo: setup
-	$(PY) -m train --recipe bf16,jetfire_int8,fp8_current --steps $(DEMO_STEPS) \
+	$(PY) -m train --recipe bf16,jetfire_int8,fp8_current,coat_fp8+adamw_fp8 \
+	  --steps $(DEMO_STEPS) \
 	  --out $(DEMO_OUT) --fresh
 
 clean:
