@@ -108,14 +108,20 @@ def check_config(
   config: TuningConfig,
   *,
   swizzle: int,
-  n_sub: int,
-  promoted: bool,
+  chunk: int | None,
   out_itemsize: int,
 ) -> None:
   """Raises ValueError naming the first hardware rule ``config`` breaks."""
   c = config
   if not isinstance(c, TuningConfig):
     raise ValueError(f"config must be a TuningConfig, got {c!r}")
+  promoted = chunk is not None
+  if promoted and c.tile_k % chunk:
+    raise ValueError(
+      f"TuningConfig.tile_k={c.tile_k} must be a multiple of the {chunk}-wide "
+      "K blocks that are promoted one at a time"
+    )
+  n_sub = c.tile_k // chunk if promoted else 1
   if c.wg_tile_m not in (64, 128):
     raise ValueError(
       f"TuningConfig.wg_tile_m={c.wg_tile_m}: wgmma needs 64 or 128 rows per "

@@ -92,13 +92,7 @@ def scaled_gemm(
   promoted = chunk is not None
   n_sub = config.tile_k // chunk if promoted else 1
   out_itemsize = jnp.dtype(out_dtype).itemsize
-  check_config(
-    config,
-    swizzle=swizzle,
-    n_sub=n_sub,
-    promoted=promoted,
-    out_itemsize=out_itemsize,
-  )
+  check_config(config, swizzle=swizzle, chunk=chunk, out_itemsize=out_itemsize)
   params = _hw.interpret_params(interpret)
   o_swizzle = out_swizzle(config.epi_tile_n, out_itemsize)
   n_out = -(-n // (o_swizzle // out_itemsize)) * (o_swizzle // out_itemsize)

@@ -15,7 +15,7 @@ promotes four times; with ``block=128`` one ``wgmma`` per step covers the
 block and promotes once, a quarter of the promotion work.
 
 ``out_block`` (the requantizing epilogue of Jetfire's forward and dgrad) is
-handled by ``_int8_epilogue``.
+not supported: see ``OUT_BLOCK_UNSUPPORTED``.
 """
 
 import functools
@@ -31,6 +31,16 @@ from pallas_kernels.mosaic._gemm import scaled_gemm
 
 BLOCKS = (32, 64, 128)
 OUT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
+OUT_BLOCK_UNSUPPORTED = (
+  "int8_block_matmul (mosaic) has no INT8-out epilogue (out_block): on jax "
+  "0.11.2 the per-block requantization of the fp32 tile (32x32 absmax via a "
+  "row reduction plus masked cross-warp reductions, the bit-exact scale and "
+  "reciprocal by integer long division, rounding, scale write-back) runs "
+  "bit-exactly in the GPU interpreter but does not lower for CUDA: Mosaic "
+  "GPU's layout inference fails on the scale write-back and, without it, "
+  "runs for minutes (superlinear in the number of unrolled scale "
+  "computations). Use out_dtype=float32 and quantize the result"
+)
 
 
 def _describe(x) -> str:
@@ -91,36 +101,26 @@ def int8_block_matmul(
     a_q, a_s, b_q, b_s: codes and scales (the contract above).
     block: 32, 64 or 128: the quantization block and the K block.
     out_dtype: float32 or bfloat16 (without ``out_block``).
-    out_block: requantize the output to INT8 ``out_block`` squares.
-    out_rounding: "nearest" or "stochastic" (needs ``seed``).
-    seed: uint32 scalar for stochastic rounding.
+    out_block, out_rounding, seed: the INT8-out epilogue of the contract;
+      ``out_block`` must be None here (``OUT_BLOCK_UNSUPPORTED``).
     interpret: None (interpret without a GPU), a bool, or a
       ``plgpu.InterpretGPUParams``.
     config: tiles (default: ``default_config``).
 
   Returns:
-    (B, M, N) in ``out_dtype``, or ``(q, s)`` with ``out_block``.
+    (B, M, N) in ``out_dtype``.
+
+  Raises:
+    NotImplementedError: for ``out_block`` (the reason above).
   """
   check_int8_operands(a_q, a_s, b_q, b_s, block)
   if np.dtype(out_dtype) not in OUT_DTYPES:
     raise ValueError(
       f"out_dtype must be float32 or bfloat16, got {np.dtype(out_dtype)}"
     )
+  del out_rounding, seed  # only meaningful with out_block
   if out_block is not None:
-    from pallas_kernels.mosaic._int8_epilogue import requantized_matmul
-
-    return requantized_matmul(
-      a_q,
-      a_s,
-      b_q,
-      b_s,
-      block=block,
-      out_block=out_block,
-      out_rounding=out_rounding,
-      seed=seed,
-      interpret=interpret,
-      config=config,
-    )
+    raise NotImplementedError(OUT_BLOCK_UNSUPPORTED)
   return _matmul(a_q, a_s, b_q, b_s, block, out_dtype, interpret, config)
 
 
