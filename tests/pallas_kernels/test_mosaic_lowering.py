@@ -104,7 +104,7 @@ def test_ragged_shapes_lower():
   [
     (dict(tile_n=264), "N a multiple of 8 and at most 256"),
     (dict(wg_tile_m=32), "64 or 128 rows per warpgroup"),
-    (dict(tile_k=80), "multiple of 32 and of the"),
+    (dict(tile_k=80), "tile_k=80 must be a multiple of the 32-wide"),
     (dict(wg_tile_m=128, tile_n=256), "accumulator registers"),
     (dict(max_concurrent_steps=8), "bytes of shared memory"),
   ],
