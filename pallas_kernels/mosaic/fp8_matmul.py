@@ -57,6 +57,21 @@ def _scale_shape(q_shape, tile) -> tuple[int, ...]:
   return (batch, cdiv(rows, tr), 1 if tc is None else cdiv(k, tc))
 
 
+def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
+  """Why these tiles and dtypes cannot run here (None if they can)."""
+  if (a_tile, b_tile) not in TILE_PAIRS:
+    return (
+      f"the Hopper FP8 kernel supports a_tile x b_tile in {TILE_PAIRS}, got "
+      f"{a_tile} x {b_tile}"
+    )
+  if np.dtype(a_dtype) not in A_DTYPES or np.dtype(b_dtype) not in B_DTYPES:
+    return (
+      f"the Hopper FP8 kernel multiplies E4M3 or E5M2 codes by E4M3 codes, "
+      f"got {np.dtype(a_dtype)} x {np.dtype(b_dtype)}"
+    )
+  return None
+
+
 def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
   """Raises ValueError / NotImplementedError naming what is wrong."""
   for name, q, dtypes in (("a_q", a_q, A_DTYPES), ("b_q", b_q, B_DTYPES)):
@@ -69,11 +84,9 @@ def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
     raise ValueError(
       f"a_q {_describe(a_q)} and b_q {_describe(b_q)} must share B and K"
     )
-  if (a_tile, b_tile) not in TILE_PAIRS:
-    raise NotImplementedError(
-      f"fp8_matmul (mosaic) supports a_tile x b_tile in {TILE_PAIRS}, got "
-      f"{a_tile} x {b_tile}"
-    )
+  reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
+  if reason:
+    raise NotImplementedError(reason)
   for name, q, s, tile in (
     ("a_s", a_q, a_s, a_tile),
     ("b_s", b_q, b_s, b_tile),
@@ -107,7 +120,7 @@ def fp8_matmul(
   Args:
     a_q, a_s, b_q, b_s: codes and scales (the contract above).
     a_tile, b_tile: the operands' scale tiles (``TILE_PAIRS``).
-    out_dtype: float32 or bfloat16.
+    out_dtype: float32, bfloat16 or float16.
     interpret: None (interpret without a GPU), a bool, or a
       ``plgpu.InterpretGPUParams``.
     config: tiles (default: ``default_config``).
@@ -118,7 +131,8 @@ def fp8_matmul(
   check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile)
   if np.dtype(out_dtype) not in OUT_DTYPES:
     raise ValueError(
-      f"out_dtype must be float32 or bfloat16, got {np.dtype(out_dtype)}"
+      f"out_dtype must be float32, bfloat16 or float16, got "
+      f"{np.dtype(out_dtype)}"
     )
   batch, m, k = a_q.shape
   n = b_q.shape[1]

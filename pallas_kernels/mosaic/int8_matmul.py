@@ -30,7 +30,11 @@ from pallas_kernels.mosaic._config import TuningConfig, default_config
 from pallas_kernels.mosaic._gemm import scaled_gemm
 
 BLOCKS = (32, 64, 128)
-OUT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
+OUT_DTYPES = (
+  np.dtype(jnp.float32),
+  np.dtype(jnp.bfloat16),
+  np.dtype(jnp.float16),
+)
 OUT_BLOCK_UNSUPPORTED = (
   "int8_block_matmul (mosaic) has no INT8-out epilogue (out_block): on jax "
   "0.11.2 the per-block requantization of the fp32 tile (32x32 absmax via a "
@@ -100,7 +104,7 @@ def int8_block_matmul(
   Args:
     a_q, a_s, b_q, b_s: codes and scales (the contract above).
     block: 32, 64 or 128: the quantization block and the K block.
-    out_dtype: float32 or bfloat16 (without ``out_block``).
+    out_dtype: float32, bfloat16 or float16.
     out_block, out_rounding, seed: the INT8-out epilogue of the contract;
       ``out_block`` must be None here (``OUT_BLOCK_UNSUPPORTED``).
     interpret: None (interpret without a GPU), a bool, or a
@@ -116,7 +120,8 @@ def int8_block_matmul(
   check_int8_operands(a_q, a_s, b_q, b_s, block)
   if np.dtype(out_dtype) not in OUT_DTYPES:
     raise ValueError(
-      f"out_dtype must be float32 or bfloat16, got {np.dtype(out_dtype)}"
+      f"out_dtype must be float32, bfloat16 or float16, got "
+      f"{np.dtype(out_dtype)}"
     )
   del out_rounding, seed  # only meaningful with out_block
   if out_block is not None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lowprec_jax.formats import Fp8, quantize
-from pallas_kernels.mosaic import fp8_matmul
+from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
 from tests.helpers import normal, rel_err
 from tests.pallas_kernels import mosaic_support as ms
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lowprec_jax.formats import Int8Block, quantize
-from pallas_kernels.mosaic import int8_block_matmul
+from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 from tests.helpers import normal
 from tests.pallas_kernels import mosaic_support as ms
 

@@ -14,12 +14,9 @@ import jax.numpy as jnp
 import pytest
 
 from pallas_kernels._common import cuda_lowering
-from pallas_kernels.mosaic import (
-  TuningConfig,
-  default_config,
-  fp8_matmul,
-  int8_block_matmul,
-)
+from pallas_kernels.mosaic import TuningConfig, default_config
+from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
+from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 
 CUSTOM_CALL = "mosaic_gpu"
 SHAPE = (1, 256, 512, 512)  # B, M, N, K: several CTA tiles per SM loop
