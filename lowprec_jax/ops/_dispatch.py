@@ -1,8 +1,15 @@
-"""Choosing the GEMM implementation: explicit, never a silent fallback.
+"""Choosing the implementation: explicit, never a silent fallback.
 
-``implementation=None`` picks the first implementation in ``PREFERENCE`` that
-is registered, runs on the current backend and supports every GEMM of the
-config. A named implementation that cannot run raises with the reason.
+An implementation quantizes, multiplies and dequantizes (the
+:class:`Implementation` protocol). ``implementation=None`` picks the first
+entry of ``AUTO[backend]`` that is registered and supports every GEMM of the
+config: on a GPU the Hopper kernels, then the portable Pallas kernels, then
+XLA; on a CPU always XLA (the Pallas kernels only run interpreted there,
+which is for tests; ask for ``"pallas"`` by name). A named implementation
+that cannot run the config raises with the reason; the census records which
+one ran.
+
+Registering another implementation is one entry in ``_REGISTRY``.
 """
 
 from typing import Protocol
@@ -11,37 +18,57 @@ import jax
 from jax import Array
 
 from lowprec_jax.formats._qtensor import QTensor
-from lowprec_jax.ops._config import DotQuantConfig, GemmQuant
+from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
+from lowprec_jax.ops._pallas_gemm import PallasGemm
 from lowprec_jax.ops._xla_gemm import XlaGemm
 
 
-class GemmImplementation(Protocol):
-  """A block-scaled GEMM on canonical QTensors (B, M, K) x (B, N, K)."""
+class Implementation(Protocol):
+  """Quantize, dequantize and block-scaled GEMMs on canonical tensors.
+
+  Operands are (B, M, K) x (B, N, K) -> (B, M, N); ``seed`` is a uint32
+  scalar for stochastic rounding (None otherwise).
+  """
 
   name: str
 
   def unsupported_reason(self, gemm: GemmQuant) -> str | None:
-    """Why this implementation cannot run ``gemm`` here (None if it can)."""
+    """Why this implementation cannot run ``gemm`` (None if it can)."""
+
+  def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
+    """``x`` quantized as ``want`` says (bit-identical across implementations)."""
+
+  def quantize_with_transpose(
+    self, x: Array, want: OperandQuant, seed
+  ) -> tuple[QTensor, QTensor]:
+    """The quantization of ``x`` and the same codes laid out as ``x.mT``."""
+
+  def dequantize(self, qt: QTensor, dtype) -> Array:
+    """``qt`` dequantized to ``dtype``."""
 
   def __call__(self, a: QTensor, b: QTensor, out_dtype) -> Array:
     """Returns the (B, M, N) product in ``out_dtype``."""
 
 
-# Best first. The Pallas kernels register "mosaic" and "pallas" here.
+# Best first.
 PREFERENCE = ("mosaic", "pallas", "xla")
-_REGISTRY: dict[str, GemmImplementation] = {"xla": XlaGemm()}
+# What implementation=None may pick on each backend (others: XLA only).
+AUTO = {"gpu": ("mosaic", "pallas", "xla"), "cpu": ("xla",)}
+_REGISTRY: dict[str, Implementation] = {
+  "pallas": PallasGemm(),
+  "xla": XlaGemm(),
+}
 _NOT_YET = {
-  "pallas": "the portable Pallas kernels are not part of this release",
   "mosaic": "the Hopper (Mosaic GPU) kernels are not part of this release",
 }
 
 
-def register(impl: GemmImplementation) -> None:
-  """Adds an implementation (used by the Pallas kernel modules)."""
+def register(impl: Implementation) -> None:
+  """Adds (or replaces) an implementation under ``impl.name``."""
   _REGISTRY[impl.name] = impl
 
 
-def get(name: str) -> GemmImplementation:
+def get(name: str) -> Implementation:
   """The registered implementation ``name`` (already chosen by resolve)."""
   return _REGISTRY[name]
 
@@ -63,7 +90,7 @@ def _gemms(config: DotQuantConfig):
   ]
 
 
-def _reasons(impl: GemmImplementation, config: DotQuantConfig) -> list[str]:
+def _reasons(impl: Implementation, config: DotQuantConfig) -> list[str]:
   reasons = []
   for role, gemm in _gemms(config):
     reason = impl.unsupported_reason(gemm)
@@ -77,19 +104,22 @@ def resolve(implementation: str | None, config: DotQuantConfig):
 
   Raises:
     ValueError: for an unknown name.
-    NotImplementedError: when the named (or every) implementation cannot run
-      this config on this backend, with each reason.
+    NotImplementedError: when the named (or every candidate) implementation
+      cannot run this config on this backend, with each reason.
   """
   if implementation is None:
+    backend = jax.default_backend()
     failures = []
-    for name in available():
+    for name in AUTO.get(backend, ("xla",)):
+      if name not in _REGISTRY:
+        continue
       reasons = _reasons(_REGISTRY[name], config)
       if not reasons:
         return _REGISTRY[name]
       failures.append(f"{name}: " + "; ".join(reasons))
     raise NotImplementedError(
       f"no implementation can run config {config.name!r} on backend "
-      f"{jax.default_backend()!r}: " + " | ".join(failures)
+      f"{backend!r}: " + " | ".join(failures)
     )
   if implementation in _REGISTRY:
     impl = _REGISTRY[implementation]

@@ -35,7 +35,6 @@ from lowprec_jax.formats._quantize import (
   FLOAT_DTYPES,
   as_seed,
   check_float_array,
-  quantize,
 )
 from lowprec_jax.ops import _dispatch
 from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
@@ -80,38 +79,45 @@ def _seeded(seed: Array, salt: int, want: OperandQuant):
   return derive_seed(seed, salt)
 
 
-def _prepare(x: Array, want: OperandQuant, seed: Array, salt: int) -> Operand:
+def _prepare(
+  x: Array, want: OperandQuant, seed: Array, salt: int, impl
+) -> Operand:
   """Quantizes a full-precision operand as ``want`` says (or passes it)."""
   if want.format is None:
     return x
   with jax.named_scope("lowprec_quantize"):
-    return quantize(
-      x,
-      want.format,
-      rounding=want.rounding,
-      seed=_seeded(seed, salt, want),
-    )
+    return impl.quantize(x, want, _seeded(seed, salt, want))
 
 
 def _consume(
-  residual: Operand, want: OperandQuant, seed: Array, salt: int
+  residual: Operand, want: OperandQuant, seed: Array, salt: int, impl
 ) -> tuple[Operand, str]:
   """Turns a (transposed) residual into the operand a backward GEMM wants.
 
   Returns the operand and a census note ("" or "~requantized").
   """
   if not isinstance(residual, QTensor):
-    return _prepare(residual, want, seed, salt), ""
+    return _prepare(residual, want, seed, salt, impl), ""
   if want.format is None:
-    return residual.dequantize(), ""
+    return impl.dequantize(residual, residual.dtype), ""
   if residual.format == want.format:
     return residual, ""
-  high = residual.dequantize(jnp.float32)
-  return _prepare(high, want, seed, salt), "~requantized"
+  high = impl.dequantize(residual, jnp.float32)
+  return _prepare(high, want, seed, salt, impl), "~requantized"
 
 
 def _transposed(x: Operand) -> Operand:
   return x.mT if isinstance(x, QTensor) else jnp.swapaxes(x, -1, -2)
+
+
+def _shares_g(cfg: DotQuantConfig) -> bool:
+  """True when one quantization of g serves dlhs (as g) and drhs (as g^T)."""
+  dl, dr = cfg.dlhs.lhs, cfg.drhs.lhs
+  return (
+    dl.format is not None
+    and dr.format == dl.format.transpose()
+    and dr.rounding == dl.rounding
+  )
 
 
 def _gemm(
@@ -160,8 +166,9 @@ def _named(x: Operand, side: str) -> Operand:
 
 def _forward(lhs3, rhs3, seed, plan: _Plan):
   cfg = plan.config.fwd
-  a = _prepare(lhs3, cfg.lhs, seed, _SALT_FWD_LHS)
-  b = _prepare(rhs3, cfg.rhs, seed, _SALT_FWD_RHS)
+  impl = _dispatch.get(plan.implementation)
+  a = _prepare(lhs3, cfg.lhs, seed, _SALT_FWD_LHS, impl)
+  b = _prepare(rhs3, cfg.rhs, seed, _SALT_FWD_RHS, impl)
   return _gemm(a, b, plan.out_dtype, plan, "fwd", cfg), a, b
 
 
@@ -179,21 +186,27 @@ def _qdot_fwd(lhs3, rhs3, seed, plan):
 def _qdot_bwd(plan, res, g):
   a, b, seed = res
   cfg = plan.config
+  impl = _dispatch.get(plan.implementation)
+  if _shares_g(cfg):
+    # One quantization of g (one kernel for INT8 blocks) serves both GEMMs.
+    want = cfg.dlhs.lhs
+    with jax.named_scope("lowprec_quantize"):
+      g_dlhs, g_drhs = impl.quantize_with_transpose(
+        g, want, _seeded(seed, _SALT_G_DLHS, want)
+      )
+  else:
+    g_dlhs = _prepare(g, cfg.dlhs.lhs, seed, _SALT_G_DLHS, impl)
+    g_t = jnp.swapaxes(g, -1, -2)
+    g_drhs = _prepare(g_t, cfg.drhs.lhs, seed, _SALT_G_DRHS, impl)
   # dlhs (B, M, K) = g (B, M, N) . rhs^T
-  g_dlhs = _prepare(g, cfg.dlhs.lhs, seed, _SALT_G_DLHS)
-  w, note = _consume(_transposed(b), cfg.dlhs.rhs, seed, _SALT_REQUANT_DLHS)
+  w, note = _consume(
+    _transposed(b), cfg.dlhs.rhs, seed, _SALT_REQUANT_DLHS, impl
+  )
   dlhs = _gemm(g_dlhs, w, plan.lhs_dtype, plan, "dlhs", cfg.dlhs, note)
   # drhs (B, N, K) = g^T (B, N, M) . lhs^T
-  want = cfg.drhs.lhs
-  if (
-    isinstance(g_dlhs, QTensor)
-    and want.format == g_dlhs.format.transpose()
-    and want.rounding == cfg.dlhs.lhs.rounding
-  ):
-    g_drhs = g_dlhs.mT  # one quantization of g serves both GEMMs
-  else:
-    g_drhs = _prepare(jnp.swapaxes(g, -1, -2), want, seed, _SALT_G_DRHS)
-  x, note = _consume(_transposed(a), cfg.drhs.rhs, seed, _SALT_REQUANT_DRHS)
+  x, note = _consume(
+    _transposed(a), cfg.drhs.rhs, seed, _SALT_REQUANT_DRHS, impl
+  )
   drhs = _gemm(g_drhs, x, plan.rhs_dtype, plan, "drhs", cfg.drhs, note)
   return dlhs, drhs, None
 
@@ -254,8 +267,12 @@ def quantized_dot_general(
       result gets the sharding ``lax.dot_general`` would give it; otherwise
       ``out_sharding`` is applied as a sharding constraint.
     config: a :class:`DotQuantConfig` or a recipe name ("jetfire_int8", ...).
-    implementation: "xla" or None (the best available); an implementation
-      that cannot run raises ``NotImplementedError`` with the reason.
+    implementation: "xla" (jnp quantizers, XLA dots), "pallas" (the
+      portable Pallas kernels for quantization and GEMMs; interpreted on a
+      CPU) or None: the best available for the backend (on a GPU "mosaic",
+      "pallas", "xla", the first that supports every GEMM of the config; on
+      a CPU "xla"). An implementation that cannot run raises
+      ``NotImplementedError`` with the reason.
     seed: required when the config rounds stochastically: an int, a uint32
       scalar or a PRNG key. The same seed gives bit-identical results.
 

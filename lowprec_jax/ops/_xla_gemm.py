@@ -1,4 +1,4 @@
-"""The ``"xla"`` implementation: real 8-bit dots in plain jnp.
+"""The ``"xla"`` implementation: the jnp quantizers and real 8-bit dots.
 
 For canonical operands ``a`` (B, M, K) and ``b`` (B, N, K), with each
 operand's scales constant over contraction chunks of ``c`` elements:
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from lowprec_jax.formats._qtensor import QTensor
-from lowprec_jax.ops._config import GemmQuant, contraction_tile
+from lowprec_jax.formats._quantize import quantize
+from lowprec_jax.ops._config import GemmQuant, OperandQuant, contraction_tile
 
 # (B, M, K) x (B, N, K) -> (B, M, N)
 _NT_BATCHED = (((2,), (2,)), ((0,), (0,)))
@@ -51,13 +52,26 @@ def _chunks(q: Array, chunk: int, n: int) -> Array:
 
 
 class XlaGemm:
-  """Block-scaled 8-bit GEMM with ``lax.dot_general`` on int8/fp8 operands."""
+  """Block-scaled 8-bit GEMM with ``lax.dot_general`` on int8/fp8 operands.
+
+  Quantizes and dequantizes with the jnp reference in ``lowprec_jax.formats``.
+  """
 
   name = "xla"
 
   def unsupported_reason(self, gemm: GemmQuant) -> str | None:
     del gemm  # every valid GemmQuant is supported
     return None
+
+  def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
+    return quantize(x, want.format, rounding=want.rounding, seed=seed)
+
+  def quantize_with_transpose(self, x: Array, want: OperandQuant, seed):
+    qt = self.quantize(x, want, seed)
+    return qt, qt.mT
+
+  def dequantize(self, qt: QTensor, dtype) -> Array:
+    return qt.dequantize(dtype)
 
   def __call__(self, a: QTensor, b: QTensor, out_dtype) -> Array:
     acc_dtype = jnp.int32 if a.format.family == "int8" else jnp.float32

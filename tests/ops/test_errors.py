@@ -97,14 +97,46 @@ def test_stochastic_config_needs_a_seed():
 
 def test_implementations_are_explicit():
   x, w = jnp.ones((4, 8)), jnp.ones((8, 3))
-  for name in ("pallas", "mosaic"):
-    with pytest.raises(
-      NotImplementedError, match=f"implementation='{name}' is not available"
-    ):
-      _call(x, w, implementation=name)
+  with pytest.raises(
+    NotImplementedError, match="implementation='mosaic' is not available"
+  ):
+    _call(x, w, implementation="mosaic")
   with pytest.raises(ValueError, match="implementation must be None or one of"):
     _call(x, w, implementation="cuda")
   assert _call(x, w, implementation="xla").shape == (4, 3)
+
+
+def test_pallas_names_what_it_cannot_run():
+  x, w = jnp.ones((4, 8)), jnp.ones((8, 3))
+  mixed_blocks = DotQuantConfig(
+    name="mixed_blocks",
+    fwd=GemmQuant(
+      lhs=OperandQuant(format=Int8Block(32)),
+      rhs=OperandQuant(format=Int8Block(64)),
+    ),
+  )
+  with pytest.raises(
+    NotImplementedError,
+    match=r"implementation='pallas' cannot run config 'mixed_blocks': fwd "
+    r"\(int8_block32 x int8_block64\): the INT8 kernel needs one block size "
+    "for both operands, got 32 and 64",
+  ):
+    _call(x, w, config=mixed_blocks, implementation="pallas")
+  row_by_tensor = DotQuantConfig(
+    name="row_by_tensor",
+    fwd=GemmQuant(
+      lhs=OperandQuant(format=Fp8.per_row()),
+      rhs=OperandQuant(format=Fp8.per_tensor()),
+    ),
+  )
+  with pytest.raises(
+    NotImplementedError,
+    match=r"fwd \(e4m3_row x e4m3_tensor\): tiles a_tile=\(1, None\) x "
+    r"b_tile=None have no FP8 kernel",
+  ):
+    _call(x, w, config=row_by_tensor, implementation="pallas")
+  # The same config runs on "xla", and None picks it on a CPU.
+  assert _call(x, w, config=row_by_tensor).shape == (4, 3)
 
 
 def test_unquantized_config_validates_dimension_numbers_too():

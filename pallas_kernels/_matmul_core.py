@@ -1,0 +1,273 @@
+"""The block-scaled GEMM kernel behind the INT8 and FP8 matmuls.
+
+For K-major operands ``a`` (B, M, K) and ``b`` (B, N, K), each program owns a
+``block_m x block_n`` output tile and loops over K in chunks of ``chunk``:
+
+    scales vary along K (1 x G groups, S x S blocks; G = S = chunk):
+        acc += (float(a_c . b_c) * sa_c[m]) * sb_c[n]
+    scales constant along K (per-tensor, per-row):
+        acc += a_c . b_c,     out = (acc * sa[m]) * sb[n]
+
+with the exact int32 (INT8) or f32 (FP8) chunk dot, f32 accumulation, and
+the same association as ``lowprec_jax.ops._xla_gemm`` so that results agree
+bit for bit wherever that implementation's dot is exact. Loads are masked
+(K tail, M and N edges), so padding never enters a sum. The epilogue casts
+to ``out_dtype`` or requantizes the f32 tile to INT8 ``out_block`` squares,
+exactly as the quantize kernels would quantize the (B, M, N) result.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array, lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import _layout as L
+from pallas_kernels._common import cdiv
+from pallas_kernels._quantize_reference import quantize_reference
+from pallas_kernels._rounding import (
+  F32_MAX,
+  NumberGrid,
+  finite_absmax,
+  tile_scale,
+)
+
+# Scale kinds; the first two are constant along K.
+SCALE_KINDS = ("tensor", "rows", "groups", "block")
+_NT = (((1,), (1,)), ((), ()))
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulPlan:
+  """Static description of one block-scaled GEMM kernel."""
+
+  bmnk: tuple[int, int, int, int]
+  a_scales: str
+  b_scales: str
+  chunk: int  # K per loop step; the scale group when scales vary along K
+  block_m: int
+  block_n: int
+  accumulator: np.dtype  # int32 for INT8, float32 for FP8
+  upcast: np.dtype | None  # dot dtype when the operand dtypes differ
+  out_dtype: np.dtype
+  out_block: int | None = None
+  stochastic: bool = False
+  num_warps: int = 4
+  num_stages: int = 2
+
+  @property
+  def per_chunk(self) -> bool:
+    return "groups" in (self.a_scales, self.b_scales) or "block" in (
+      self.a_scales,
+      self.b_scales,
+    )
+
+  @property
+  def chunks(self) -> int:
+    return cdiv(self.bmnk[3], self.chunk)
+
+  @property
+  def grid(self) -> tuple[int, int, int]:
+    b, m, n, _ = self.bmnk
+    return b, cdiv(m, self.block_m), cdiv(n, self.block_n)
+
+
+def _operand_spec(rows: int, k_extent: int, axis: int) -> pl.BlockSpec:
+  index = (
+    (lambda b, i, j: (b, i, 0)) if axis == 1 else (lambda b, i, j: (b, j, 0))
+  )
+  return pl.BlockSpec((None, rows, k_extent), index)
+
+
+def _scale_spec(kind: str, rows: int, chunk: int, n_cols: int, axis: int):
+  if kind == "tensor":
+    return pl.BlockSpec((None, 1, 1), lambda b, i, j: (0, 0, 0))
+  block_rows = rows // chunk if kind == "block" else rows
+  cols = 1 if kind == "rows" else n_cols
+  return _operand_spec(block_rows, cols, axis)
+
+
+def in_specs(plan: MatmulPlan) -> list[pl.BlockSpec]:
+  """BlockSpecs of (a, a_scales, b, b_scales)."""
+  k_extent = plan.chunks * plan.chunk
+  n_cols = plan.chunks
+  return [
+    _operand_spec(plan.block_m, k_extent, 1),
+    _scale_spec(plan.a_scales, plan.block_m, plan.chunk, n_cols, 1),
+    _operand_spec(plan.block_n, k_extent, 2),
+    _scale_spec(plan.b_scales, plan.block_n, plan.chunk, n_cols, 2),
+  ]
+
+
+def _row_scales(ref, kind, c, program, rows, total, group) -> Array:
+  """(rows, 1) scales of K chunk ``c`` (None: constant kinds) or (1, 1)."""
+  if kind == "tensor":
+    return ref[...]
+  if kind == "block":
+    count = rows // group
+    index = program * count + lax.broadcasted_iota(jnp.int32, (count, 1), 0)
+    mask = index < cdiv(total, group)
+    values = L.load(ref.at[:, pl.ds(c, 1)], mask)
+    return L.expand_rows(values, group)
+  index = program * rows + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
+  sliced = ref if kind == "rows" else ref.at[:, pl.ds(c, 1)]
+  return L.load(sliced, index < total)
+
+
+def kernel(a_ref, as_ref, b_ref, bs_ref, *refs, plan: MatmulPlan):
+  """One output tile: the K loop, then the epilogue."""
+  refs = list(refs)
+  seed_ref = refs.pop(0) if plan.stochastic else None
+  _, m, n, k = plan.bmnk
+  i, j = pl.program_id(1), pl.program_id(2)
+  bm, bn, chunk = plan.block_m, plan.block_n, plan.chunk
+  rows = i * bm + lax.broadcasted_iota(jnp.int32, (bm, 1), 0)
+  cols = j * bn + lax.broadcasted_iota(jnp.int32, (1, bn), 1)
+
+  def a_scales(c):
+    return _row_scales(as_ref, plan.a_scales, c, i, bm, m, chunk)
+
+  def b_scales(c):
+    return _row_scales(bs_ref, plan.b_scales, c, j, bn, n, chunk).reshape(1, -1)
+
+  b_rows = j * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+
+  def step(c, acc):
+    k0 = c * chunk
+    k_ok = k0 + lax.broadcasted_iota(jnp.int32, (1, chunk), 1) < k
+    a = L.load(a_ref.at[:, pl.ds(k0, chunk)], (rows < m) & k_ok)
+    b = L.load(b_ref.at[:, pl.ds(k0, chunk)], (b_rows < n) & k_ok)
+    if plan.upcast is not None:
+      a, b = a.astype(plan.upcast), b.astype(plan.upcast)
+    p = lax.dot_general(a, b, _NT, preferred_element_type=plan.accumulator)
+    p = p.astype(jnp.float32)
+    if plan.per_chunk:
+      p = p * a_scales(c) * b_scales(c)
+    return acc + p
+
+  acc = jnp.zeros((bm, bn), jnp.float32)
+  acc = lax.fori_loop(0, plan.chunks, step, acc)
+  if not plan.per_chunk:
+    acc = acc * a_scales(0) * b_scales(0)
+  mask = (rows < m) & (cols < n)
+  if plan.out_block is None:
+    (out_ref,) = refs
+    L.store(out_ref, acc.astype(plan.out_dtype), mask)
+  else:
+    _requantize(acc, mask, rows, cols, seed_ref, plan, *refs)
+
+
+def _requantize(acc, mask, rows, cols, seed_ref, plan, q_ref, s_ref):
+  """Epilogue: INT8 codes and scales of ``out_block`` squares of the tile."""
+  ob = plan.out_block
+  _, m, n, _ = plan.bmnk
+  v = jnp.where(mask, acc, 0.0)
+  nr, nc = plan.block_m // ob, plan.block_n // ob
+  absmax, ok = finite_absmax(v.reshape(nr, ob, nc, ob), axis=(1, 3))
+  grid = NumberGrid.int8()
+  scale, inverse = tile_scale(absmax, ok, grid.qmax)
+  inverse = L.expand_cols(L.expand_rows(inverse, ob), ob)
+  codes = L.tile_codes(
+    v, inverse, inverse <= F32_MAX, rows, cols, m, seed_ref, grid
+  )
+  L.store(q_ref, codes, mask)
+  i, j = pl.program_id(1), pl.program_id(2)
+  s_rows = i * nr + lax.broadcasted_iota(jnp.int32, (nr, 1), 0)
+  s_cols = j * nc + lax.broadcasted_iota(jnp.int32, (1, nc), 1)
+  L.store(s_ref, scale, (s_rows < cdiv(m, ob)) & (s_cols < cdiv(n, ob)))
+
+
+def out_specs(plan: MatmulPlan):
+  """(struct, spec) of each output: the tile, or INT8 codes and scales."""
+  b, m, n, _ = plan.bmnk
+  tile = pl.BlockSpec(
+    (None, plan.block_m, plan.block_n), lambda b, i, j: (b, i, j)
+  )
+  if plan.out_block is None:
+    return [(L.out_struct((b, m, n), plan.out_dtype), tile)]
+  ob = plan.out_block
+  s_spec = pl.BlockSpec(
+    (None, plan.block_m // ob, plan.block_n // ob), lambda b, i, j: (b, i, j)
+  )
+  return [
+    (L.out_struct((b, m, n), np.int8), tile),
+    (L.out_struct((b, cdiv(m, ob), cdiv(n, ob)), jnp.float32), s_spec),
+  ]
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "name", "interpret"))
+def run(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan, name: str, interpret):
+  """Runs the kernel; returns the output tile array(s) as a tuple."""
+  specs = in_specs(plan)
+  args = [a_q, a_s, b_q, b_s]
+  if plan.stochastic:
+    args.append(seed)
+    specs.append(pl.BlockSpec((1,), lambda b, i, j: (0,)))
+  shapes, o_specs = zip(*out_specs(plan))
+  return tuple(
+    pl.pallas_call(
+      functools.partial(kernel, plan=plan),
+      out_shape=list(shapes),
+      grid=plan.grid,
+      in_specs=specs,
+      out_specs=list(o_specs),
+      compiler_params=L.compiler_params(plan.num_warps, plan.num_stages),
+      interpret=interpret,
+      name=name,
+    )(*args)
+  )
+
+
+def _reference_scales(s: Array, kind: str, group: int, rows: int) -> Array:
+  """Scales per row: (B or 1, rows or 1, K columns or 1)."""
+  if kind == "block":
+    return jnp.repeat(s, group, axis=1)[:, :rows, :]
+  return s
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def reference(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan):
+  """The kernel's math in plain jnp on whole arrays (a K-chunk scan)."""
+  _, m, n, k = plan.bmnk
+  sa = _reference_scales(a_s, plan.a_scales, plan.chunk, m)
+  sb = _reference_scales(b_s, plan.b_scales, plan.chunk, n)
+
+  def scaled_dot(qa, qb, sa_c, sb_c):
+    if plan.upcast is not None:
+      qa, qb = qa.astype(plan.upcast), qb.astype(plan.upcast)
+    p = lax.dot_general(
+      qa,
+      qb,
+      (((2,), (2,)), ((0,), (0,))),
+      preferred_element_type=plan.accumulator,
+    )
+    return p.astype(jnp.float32) * sa_c[:, :, None] * sb_c[:, None, :]
+
+  if not plan.per_chunk:
+    out = scaled_dot(a_q, b_q, sa[:, :, 0], sb[:, :, 0])
+  else:
+    count, chunk = plan.chunks, plan.chunk
+
+    def chunks(q):
+      q = jnp.pad(q, ((0, 0), (0, 0), (0, count * chunk - k)))
+      return jnp.moveaxis(q.reshape(*q.shape[:2], count, chunk), 2, 0)
+
+    def chunk_scales(s):
+      cols = jnp.arange(count) if s.shape[2] > 1 else jnp.zeros(count, int)
+      return jnp.moveaxis(jnp.take(s, cols, axis=2), 2, 0)
+
+    def step(acc, xs):
+      return acc + scaled_dot(*xs), None
+
+    init = jnp.zeros(plan.bmnk[:3], jnp.float32)
+    xs = (chunks(a_q), chunks(b_q), chunk_scales(sa), chunk_scales(sb))
+    out, _ = lax.scan(step, init, xs)
+  if plan.out_block is None:
+    return (out.astype(plan.out_dtype),)
+  ob = plan.out_block
+  layout = L.tile_layout(out.shape, (ob, ob), ob, ob)
+  seed = seed if plan.stochastic else None
+  return quantize_reference(out, NumberGrid.int8(), layout, seed)

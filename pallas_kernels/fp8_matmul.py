@@ -1,0 +1,169 @@
+"""Scaled FP8 GEMM: E4M3 x E4M3 and E5M2 x E4M3 with f32 accumulation.
+
+For K-major FP8 operands ``a_q`` (B, M, K) and ``b_q`` (B, N, K) with f32
+scales shaped like their tiles' scale grids:
+
+* scales constant along K (per-tensor x per-tensor, per-row x per-row):
+  ``out = (sum_k a_q b_q) * a_s[m] * b_s[n]``, one f32 dot accumulated over
+  K chunks and scaled once in the epilogue;
+* K groups (DeepSeek-V3): ``(1, G) x (G, G)`` (forward and dgrad) and
+  ``(1, G) x (1, G)`` (wgrad), G in {32, 64, 128}: every G columns of K are
+  promoted into the f32 accumulator as
+  ``acc += (float(a_c . b_c) * a_s[m, c]) * b_s[n or n // G, c]``.
+
+Every product of two FP8 values is exact in f32, so results equal the
+``"xla"`` implementation bit for bit whenever the f32 sums are exact (small
+integers, power-of-two scales); otherwise they differ only by f32 summation
+order. Any other pair of tiles raises ``NotImplementedError``.
+
+Mixed E5M2 x E4M3: the Triton backend rejects a dot of two different FP8
+types, so both operands are widened to bf16 inside the kernel. That is exact
+(both FP8 grids are subsets of bf16, and bf16 products accumulate in f32)
+but runs the MMA at the bf16 rate (half of FP8 on Hopper) and doubles the
+operand bytes in registers; the census reports the bf16 dot.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from pallas_kernels import _layout as L
+from pallas_kernels import _matmul_core as core
+from pallas_kernels._common import resolve_interpret
+
+GROUPS = (32, 64, 128)
+E4M3, E5M2 = np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2)
+# (a dtype, b dtype) pairs; b is the E4M3 weight or activation.
+DTYPE_PAIRS = ((E4M3, E4M3), (E5M2, E4M3))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp8MatmulConfig:
+  """Output tile per program, K chunk for K-constant scales, Triton knobs."""
+
+  block_m: int = 64
+  block_n: int = 64
+  block_k: int = 128
+  num_warps: int = 4
+  num_stages: int = 2
+
+
+DEFAULT_CONFIG = Fp8MatmulConfig()
+
+
+def scale_kind(tile) -> tuple[str, int | None]:
+  """(kind, K group) of a tile: tensor, rows, groups (1, G), block (S, S)."""
+  if tile is None:
+    return "tensor", None
+  if tile == (1, None):
+    return "rows", None
+  if isinstance(tile, tuple) and len(tile) == 2 and tile[0] == 1:
+    return "groups", tile[1]
+  if isinstance(tile, tuple) and len(tile) == 2 and tile[0] == tile[1]:
+    return "block", tile[0]
+  return "unsupported", None
+
+
+def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
+  """Why :func:`fp8_matmul` has no kernel for these tiles/dtypes (or None)."""
+  pair = (np.dtype(a_dtype), np.dtype(b_dtype))
+  if pair not in DTYPE_PAIRS:
+    return (
+      f"dtypes {pair[0]} x {pair[1]} are not supported; supported: "
+      "float8_e4m3fn x float8_e4m3fn and float8_e5m2 x float8_e4m3fn"
+    )
+  (ka, ga), (kb, gb) = scale_kind(a_tile), scale_kind(b_tile)
+  constant = {("tensor", "tensor"), ("rows", "rows")}
+  grouped = {("groups", "block"), ("groups", "groups")}
+  if (ka, kb) in constant:
+    return None
+  if (ka, kb) in grouped and ga == gb and ga in GROUPS:
+    return None
+  return (
+    f"tiles a_tile={a_tile!r} x b_tile={b_tile!r} have no FP8 kernel; "
+    "supported: None x None, (1, None) x (1, None), (1, G) x (G, G) and "
+    f"(1, G) x (1, G) with G in {GROUPS}"
+  )
+
+
+def _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config):
+  L.check_array("a_q", a_q, L.FP8_DTYPES)
+  L.check_array("b_q", b_q, L.FP8_DTYPES)
+  (ba, m, k), (bb, n, kb) = a_q.shape, b_q.shape
+  if ba != bb or k != kb:
+    raise ValueError(
+      f"a_q has shape {a_q.shape} and b_q has shape {b_q.shape}; expected "
+      "(B, M, K) and (B, N, K) with the same B and K"
+    )
+  reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
+  if reason:
+    raise NotImplementedError(reason)
+  for name, s, q, tile in (
+    ("a_s", a_s, a_q, a_tile),
+    ("b_s", b_s, b_q, b_tile),
+  ):
+    want = L.tile_layout(q.shape, tile, 1, 1).scale_shape
+    L.check_array(name, s, (np.dtype(np.float32),))
+    if tuple(s.shape) != want:
+      raise ValueError(
+        f"{name} has {L.describe(s)}; for tile {tile!r} expected float32 of "
+        f"shape {want}"
+      )
+  if np.dtype(out_dtype) not in L.FLOAT_DTYPES:
+    raise ValueError(
+      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
+    )
+  (ka, group), (kb_, _) = scale_kind(a_tile), scale_kind(b_tile)
+  chunk = group or config.block_k
+  mixed = a_q.dtype != b_q.dtype
+  return core.MatmulPlan(
+    bmnk=(ba, m, n, k),
+    a_scales=ka,
+    b_scales=kb_,
+    chunk=chunk,
+    block_m=config.block_m,
+    block_n=max(config.block_n, chunk if kb_ == "block" else 1),
+    accumulator=np.dtype(np.float32),
+    upcast=np.dtype(jnp.bfloat16) if mixed else None,
+    out_dtype=np.dtype(out_dtype),
+    num_warps=config.num_warps,
+    num_stages=config.num_stages,
+  )
+
+
+def fp8_matmul(
+  a_q: Array,
+  a_s: Array,
+  b_q: Array,
+  b_s: Array,
+  *,
+  a_tile,
+  b_tile,
+  out_dtype=jnp.float32,
+  interpret: bool | None = None,
+  config: Fp8MatmulConfig = DEFAULT_CONFIG,
+) -> Array:
+  """``a . b^T`` of scaled FP8 operands in ``out_dtype`` (module docstring)."""
+  plan = _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config)
+  (out,) = core.run(
+    a_q,
+    a_s,
+    b_q,
+    b_s,
+    None,
+    plan=plan,
+    name="lpj_fp8_matmul",
+    interpret=resolve_interpret(interpret),
+  )
+  return out
+
+
+def fp8_matmul_reference(
+  a_q, a_s, b_q, b_s, *, a_tile, b_tile, out_dtype=jnp.float32
+) -> Array:
+  """Twin of :func:`fp8_matmul` in plain jnp."""
+  plan = _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, DEFAULT_CONFIG)
+  (out,) = core.reference(a_q, a_s, b_q, b_s, None, plan=plan)
+  return out
