@@ -15,13 +15,13 @@ from lowprec_jax.ops import (
   DotQuantConfig,
   GemmQuant,
   OperandQuant,
+  _dispatch,
   census,
   fp8_block,
   fp8_current,
   jetfire_int8,
   quantized_dot_general,
 )
-from lowprec_jax.ops import _dispatch
 from tests.helpers import normal, rel_err
 
 ON_GPU = jax.default_backend() == "gpu"
