@@ -77,12 +77,10 @@ def target_checks(rows, quantize, shape) -> list[dict]:
     }
   )
   for q in quantize:
-    if q["impl"] != "mosaic":
-      continue
     got = q.get("fraction_of_copy")
     checks.append(
       {
-        "target": f"mosaic quantize ({q['recipe']}) >= "
+        "target": f"{q['impl']} quantize ({q['recipe']}) >= "
         f"{COPY_FRACTION_TARGET:.0%} of copy bandwidth",
         "value": got,
         "passed": None if got is None else got >= COPY_FRACTION_TARGET,
