@@ -144,6 +144,16 @@ def markdown(result: dict, info: dict) -> str:
       )
     else:
       out.append(f"| {q['recipe']} | {q['impl']} | {q['status']} | | |")
+  out += ["", "| mosaic kernel (fwd GEMM alone) | config | ms | TFLOP/s |"]
+  out += ["|---|---|---|---|"]
+  for t in result["tile_sweep"]:
+    mark = " (default)" if t["default"] else ""
+    timing = (
+      f"{1e3 * t['median_s']:.3f} | {t['tflops']:.0f}"
+      if t["status"] == "ok"
+      else f"{t['status'][:60]} |"
+    )
+    out.append(f"| {t['kernel']}{mark} | `{t['config']}` | {timing} |")
   out += ["", "| target | value | passed |", "|---|---|---|"]
   for t in result["targets"]:
     value = "-" if t["value"] is None else f"{t['value']:.2f}"

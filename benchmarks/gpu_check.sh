@@ -8,7 +8,7 @@
 #
 # Every phase runs under `timeout`, logs to $OUT/<phase>.log and may fail
 # without stopping the next one; the exit status is that of the first failed
-# phase. Budget (well under 10 minutes): env 60 s, tests 200 s, bench 300 s.
+# phase. Budget (well under 10 minutes): env 60 s, tests 180 s, bench 300 s.
 # $OUT receives at most 6 files, none in sub-folders:
 #   env.log tests.log bench.log summary.txt <device>.json <device>.md
 set -u
@@ -58,13 +58,14 @@ TESTS=(tests/pallas_kernels/test_mosaic_int8_matmul.py
 if [[ -f tests/ops/test_mosaic_gemm.py ]]; then
   TESTS+=(tests/ops/test_mosaic_gemm.py)
 fi
-phase tests 200 "$PY" -m pytest -q -rA -p no:cacheprovider "${TESTS[@]}"
+phase tests 180 "$PY" -m pytest -q -rA -p no:cacheprovider "${TESTS[@]}"
 
 if [[ $DRY -eq 1 ]]; then
   phase bench 300 "$PY" -m benchmarks.kernels --smoke --out "$OUT" \
     --recipes fp8_current --modes fwd
 else
-  phase bench 300 "$PY" -m benchmarks.kernels --out "$OUT" --budget-s 210
+  phase bench 300 "$PY" -m benchmarks.kernels --out "$OUT" --budget-s 170 \
+    --sweep-s 50
 fi
 
 {

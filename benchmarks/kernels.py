@@ -34,6 +34,7 @@ from jax import lax
 
 from benchmarks import _report
 from benchmarks._results import RESULTS, write_results
+from benchmarks._sweep import sweep
 from benchmarks._timing import copy_bandwidth, gemm_paths, time_calls
 from benchmarks._xla_fp8 import xla_fp8_matmul
 from benchmarks.shapes import SHAPES
@@ -182,6 +183,7 @@ def run(
   recipes=tuple(RECIPES),
   impls=IMPLEMENTATIONS,
   modes=MODES,
+  sweep_s: float = 0.0,
 ) -> dict:
   shapes = SMOKE_SHAPES if smoke else SHAPES
   target = [s for s in shapes if s[0] == TARGET_SHAPE]
@@ -208,6 +210,11 @@ def run(
   quantize = _quantize_rows(
     ordered, recipes, impls, warmup=warmup, iters=iters, copy=copy
   )
+  _, m, k, n = ordered[0]
+  clock = time.perf_counter
+  tiles = sweep(
+    m, k, n, warmup=warmup, iters=iters, deadline=clock() + sweep_s, clock=clock
+  )
   targets = _report.target_checks(
     rows, quantize, ordered[0][0] if smoke else TARGET_SHAPE
   )
@@ -224,6 +231,7 @@ def run(
     "rows": rows,
     "copy": copy,
     "quantize": quantize,
+    "tile_sweep": tiles,
     "targets": targets,
   }
 
@@ -238,6 +246,7 @@ def main(argv=None) -> None:
   parser.add_argument("--smoke", action="store_true")
   parser.add_argument("--out", type=pathlib.Path, default=None)
   parser.add_argument("--budget-s", type=float, default=300.0)
+  parser.add_argument("--sweep-s", type=float, default=None)
   parser.add_argument("--warmup", type=int, default=None)
   parser.add_argument("--iters", type=int, default=None)
   parser.add_argument("--recipes", default=",".join(RECIPES))
@@ -256,6 +265,9 @@ def main(argv=None) -> None:
     recipes=args.recipes.split(","),
     impls=args.impls.split(","),
     modes=args.modes.split(","),
+    sweep_s=args.sweep_s
+    if args.sweep_s is not None
+    else (0 if args.smoke else 60),
   )
   argv = sys.argv[1:] if argv is None else list(argv)
   stem = ("smoke_" if args.smoke else "") + _device_stem()

@@ -10,6 +10,7 @@ when no GPU is present). Tiles: :class:`TuningConfig`.
 """
 
 from pallas_kernels.mosaic._config import TuningConfig as TuningConfig
+from pallas_kernels.mosaic._config import deepest_pipeline as deepest_pipeline
 from pallas_kernels.mosaic._config import default_config as default_config
 
-__all__ = ("TuningConfig", "default_config")
+__all__ = ("TuningConfig", "deepest_pipeline", "default_config")

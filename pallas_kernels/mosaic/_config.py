@@ -82,6 +82,15 @@ def default_config(
   memory holds: deeper pipelines hide more of the L2/HBM latency.
   """
   tiles = TuningConfig(wg_tile_m=64, tile_n=128 if promoted else 256)
+  return deepest_pipeline(
+    tiles, n_sub=n_sub, promoted=promoted, out_itemsize=out_itemsize
+  )
+
+
+def deepest_pipeline(
+  tiles: TuningConfig, *, n_sub: int, promoted: bool, out_itemsize: int
+) -> TuningConfig:
+  """``tiles`` with the most stages (up to ``MAX_STAGES``) that fit SMEM."""
   for stages in range(MAX_STAGES, 1, -1):
     config = dataclasses.replace(tiles, max_concurrent_steps=stages)
     need = smem_bytes(
@@ -89,7 +98,7 @@ def default_config(
     )
     if need <= SMEM_BYTES:
       return config
-  raise AssertionError("two stages of the default tiles always fit")
+  raise ValueError(f"not even two pipeline stages of {tiles} fit in SMEM")
 
 
 def smem_bytes(

@@ -133,3 +133,32 @@ def test_default_configs_fit_the_hardware():
       )
       assert isinstance(config, TuningConfig)
       assert config.max_concurrent_steps >= 3
+
+
+def test_benchmark_sweep_configs_lower():
+  # The H200 run times these alternatives (bf16 out, as there); a lowering
+  # error there would waste device time, so every one must lower here first.
+  from benchmarks._sweep import VARIANTS, configs_of
+
+  for kernel in VARIANTS:
+    for config in configs_of(kernel):
+      if kernel.startswith("int8"):
+        block = int(kernel.removeprefix("int8_block"))
+        fn = lambda *x, b=block, c=config: int8_block_matmul(  # noqa: E731
+          *x, block=b, out_dtype=jnp.bfloat16, interpret=False, config=c
+        )
+        args = _int8_args(SHAPE, block)
+      else:
+        a_tile, b_tile = (
+          (None, None) if kernel == "fp8_tensor" else ((1, 128), (128, 128))
+        )
+        fn = lambda *x, a=a_tile, b=b_tile, c=config: fp8_matmul(  # noqa: E731
+          *x,
+          a_tile=a,
+          b_tile=b,
+          out_dtype=jnp.bfloat16,
+          interpret=False,
+          config=c,
+        )
+        args = _fp8_args(SHAPE, a_tile, b_tile, jnp.float8_e4m3fn)
+      assert CUSTOM_CALL in _lowered_text(fn, *args), (kernel, config)
