@@ -16,15 +16,15 @@ from jax import Array
 
 from lowprec_jax.formats._format import Int8Block
 from lowprec_jax.formats._qtensor import QTensor
-from lowprec_jax.formats._quantize import quantize
-from lowprec_jax.ops._config import GemmQuant, OperandQuant
+from lowprec_jax.ops._config import GemmQuant
+from lowprec_jax.ops._xla_gemm import XlaGemm
 from pallas_kernels.mosaic import fp8_matmul, int8_matmul
 
 QUANTIZER = "xla"
 
 
-class MosaicGemm:
-  """Mosaic GPU GEMMs; quantization by the jnp reference (see module doc)."""
+class MosaicGemm(XlaGemm):
+  """Mosaic GPU GEMMs; quantize/dequantize inherited from ``"xla"``."""
 
   name = "mosaic"
   quantizer = QUANTIZER
@@ -42,33 +42,10 @@ class MosaicGemm:
       lf.tile, rf.tile, lf.storage_dtype, rf.storage_dtype
     )
 
-  def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
-    return quantize(x, want.format, rounding=want.rounding, seed=seed)
-
-  def quantize_with_transpose(self, x: Array, want: OperandQuant, seed):
-    qt = self.quantize(x, want, seed)
-    return qt, qt.mT
-
-  def dequantize(self, qt: QTensor, dtype) -> Array:
-    return qt.dequantize(dtype)
-
   def __call__(self, a: QTensor, b: QTensor, out_dtype) -> Array:
-    out_dtype = np.dtype(out_dtype)
+    codes = (a.qvalue, a.scale, b.qvalue, b.scale)
+    kw = dict(out_dtype=np.dtype(out_dtype))
     if isinstance(a.format, Int8Block):
-      return int8_matmul.int8_block_matmul(
-        a.qvalue,
-        a.scale,
-        b.qvalue,
-        b.scale,
-        block=a.format.block,
-        out_dtype=out_dtype,
-      )
-    return fp8_matmul.fp8_matmul(
-      a.qvalue,
-      a.scale,
-      b.qvalue,
-      b.scale,
-      a_tile=a.format.tile,
-      b_tile=b.format.tile,
-      out_dtype=out_dtype,
-    )
+      return int8_matmul.int8_block_matmul(*codes, block=a.format.block, **kw)
+    tiles = dict(a_tile=a.format.tile, b_tile=b.format.tile)
+    return fp8_matmul.fp8_matmul(*codes, **tiles, **kw)

@@ -37,8 +37,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._common import cdiv
-from pallas_kernels.mosaic import _hw
-from pallas_kernels.mosaic._config import TuningConfig, check_config
+from pallas_kernels.mosaic import _hw, _operands
+from pallas_kernels.mosaic._config import (
+  TuningConfig,
+  check_config,
+  default_config,
+)
 
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 _COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
@@ -55,6 +59,40 @@ def _transforms(swizzle: int, itemsize: int):
 def out_swizzle(epi_tile_n: int, itemsize: int) -> int:
   """Swizzle of an epilogue tile (the TMA store needs N a multiple of it)."""
   return plgpu.find_swizzle(epi_tile_n * itemsize * 8, "epilogue tile")
+
+
+def scaled_matmul(
+  a_q, a_s, a_tile, b_q, b_s, b_tile, *, out_dtype, interpret, config, name
+) -> jax.Array:
+  """(B, M, N) from raw codes and ``QTensor``-shaped scales of any tiles.
+
+  Pads the codes to TMA-aligned shapes (no copy when aligned), expands the
+  scales to rows per K chunk, picks the swizzle and (unless given) the
+  config, runs :func:`scaled_gemm` and drops the padding.
+  """
+  batch, m, k = a_q.shape
+  n = b_q.shape[1]
+  chunk = _operands.promotion_chunk(a_tile, b_tile, k)
+  config = config or default_config(
+    promoted=chunk is not None,
+    n_sub=_operands.sub_chunks(chunk),
+    out_itemsize=jnp.dtype(out_dtype).itemsize,
+  )
+  a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
+  rows = functools.partial(_operands.scale_rows, batch=batch, k=k, chunk=chunk)
+  out = scaled_gemm(
+    a,
+    b,
+    rows(a_s, a_tile, rows=m, padded_rows=_operands.round_up(m, config.cta_m)),
+    rows(b_s, b_tile, rows=n, padded_rows=_operands.round_up(n, config.cta_n)),
+    chunk=chunk,
+    swizzle=_operands.choose_swizzle(a.shape[2], chunk),
+    out_dtype=out_dtype,
+    config=config,
+    interpret=interpret,
+    name=name,
+  )
+  return out[:, :m, :n]
 
 
 def scaled_gemm(

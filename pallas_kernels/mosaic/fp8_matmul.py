@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels._common import cdiv
-from pallas_kernels.mosaic import _operands
-from pallas_kernels.mosaic._config import TuningConfig, default_config
-from pallas_kernels.mosaic._gemm import scaled_gemm
+from pallas_kernels._layout import describe
+from pallas_kernels.mosaic._config import TuningConfig
+from pallas_kernels.mosaic._gemm import scaled_matmul
 from pallas_kernels.mosaic.int8_matmul import OUT_DTYPES
 
 A_DTYPES = (np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2))
@@ -42,10 +42,6 @@ TILE_PAIRS = (
   ((1, 128), (128, 128)),
   ((1, 128), (1, 128)),
 )
-
-
-def _describe(x) -> str:
-  return f"shape {tuple(x.shape)} and dtype {x.dtype}"
 
 
 def _scale_shape(q_shape, tile) -> tuple[int, ...]:
@@ -77,12 +73,12 @@ def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
   for name, q, dtypes in (("a_q", a_q, A_DTYPES), ("b_q", b_q, B_DTYPES)):
     if q.ndim != 3 or np.dtype(q.dtype) not in dtypes:
       raise ValueError(
-        f"{name} has {_describe(q)}; expected a 3-D (B, rows, K) array of "
+        f"{name} has {describe(q)}; expected a 3-D (B, rows, K) array of "
         + " or ".join(str(d) for d in dtypes)
       )
   if a_q.shape[0] != b_q.shape[0] or a_q.shape[2] != b_q.shape[2]:
     raise ValueError(
-      f"a_q {_describe(a_q)} and b_q {_describe(b_q)} must share B and K"
+      f"a_q {describe(a_q)} and b_q {describe(b_q)} must share B and K"
     )
   reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
   if reason:
@@ -94,7 +90,7 @@ def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
     want = _scale_shape(q.shape, tile)
     if tuple(s.shape) != want or s.dtype != jnp.float32:
       raise ValueError(
-        f"{name} has {_describe(s)}; expected float32 scales of shape {want} "
+        f"{name} has {describe(s)}; expected float32 scales of shape {want} "
         f"for tile {tile}"
       )
 
@@ -134,33 +130,15 @@ def fp8_matmul(
       f"out_dtype must be float32, bfloat16 or float16, got "
       f"{np.dtype(out_dtype)}"
     )
-  batch, m, k = a_q.shape
-  n = b_q.shape[1]
-  chunk = _operands.promotion_chunk(a_tile, b_tile, k)
-  config = config or default_config(
-    promoted=chunk is not None,
-    n_sub=_operands.sub_chunks(chunk),
-    out_itemsize=np.dtype(out_dtype).itemsize,
-  )
-  a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
-  swizzle = _operands.choose_swizzle(a.shape[2], chunk)
-  rows = functools.partial(_operands.scale_rows, batch=batch, k=k, chunk=chunk)
-  sa = rows(
-    a_s, a_tile, rows=m, padded_rows=_operands.round_up(m, config.cta_m)
-  )
-  sb = rows(
-    b_s, b_tile, rows=n, padded_rows=_operands.round_up(n, config.cta_n)
-  )
-  out = scaled_gemm(
-    a,
-    b,
-    sa,
-    sb,
-    chunk=chunk,
-    swizzle=swizzle,
+  return scaled_matmul(
+    a_q,
+    a_s,
+    a_tile,
+    b_q,
+    b_s,
+    b_tile,
     out_dtype=out_dtype,
-    config=config,
     interpret=interpret,
+    config=config,
     name="lpj_mosaic_fp8_matmul",
   )
-  return out[:, :m, :n]

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels._common import cdiv
-from pallas_kernels.mosaic import _operands
-from pallas_kernels.mosaic._config import TuningConfig, default_config
-from pallas_kernels.mosaic._gemm import scaled_gemm
+from pallas_kernels._layout import describe
+from pallas_kernels.mosaic._config import TuningConfig
+from pallas_kernels.mosaic._gemm import scaled_matmul
 
 BLOCKS = (32, 64, 128)
 OUT_DTYPES = (
@@ -47,10 +47,6 @@ OUT_BLOCK_UNSUPPORTED = (
 )
 
 
-def _describe(x) -> str:
-  return f"shape {tuple(x.shape)} and dtype {x.dtype}"
-
-
 def check_int8_operands(a_q, a_s, b_q, b_s, block) -> None:
   """Raises ValueError naming the first argument that breaks the contract."""
   if block not in BLOCKS:
@@ -58,18 +54,18 @@ def check_int8_operands(a_q, a_s, b_q, b_s, block) -> None:
   for name, q in (("a_q", a_q), ("b_q", b_q)):
     if q.ndim != 3 or q.dtype != jnp.int8:
       raise ValueError(
-        f"{name} has {_describe(q)}; expected a 3-D (B, rows, K) int8 array"
+        f"{name} has {describe(q)}; expected a 3-D (B, rows, K) int8 array"
       )
   if a_q.shape[0] != b_q.shape[0] or a_q.shape[2] != b_q.shape[2]:
     raise ValueError(
-      f"a_q {_describe(a_q)} and b_q {_describe(b_q)} must share B and K"
+      f"a_q {describe(a_q)} and b_q {describe(b_q)} must share B and K"
     )
   batch, _, k = a_q.shape
   for name, q, s in (("a_s", a_q, a_s), ("b_s", b_q, b_s)):
     want = (batch, cdiv(q.shape[1], block), cdiv(k, block))
     if tuple(s.shape) != want or s.dtype != jnp.float32:
       raise ValueError(
-        f"{name} has {_describe(s)}; expected float32 scales of shape {want} "
+        f"{name} has {describe(s)}; expected float32 scales of shape {want} "
         f"for {block}x{block} blocks"
       )
 
@@ -126,36 +122,16 @@ def int8_block_matmul(
   del out_rounding, seed  # only meaningful with out_block
   if out_block is not None:
     raise NotImplementedError(OUT_BLOCK_UNSUPPORTED)
-  return _matmul(a_q, a_s, b_q, b_s, block, out_dtype, interpret, config)
-
-
-def _matmul(a_q, a_s, b_q, b_s, block, out_dtype, interpret, config):
-  batch, m, k = a_q.shape
-  n = b_q.shape[1]
   tile = (block, block)
-  chunk = _operands.promotion_chunk(tile, tile, k)
-  config = config or default_config(
-    promoted=chunk is not None,
-    n_sub=_operands.sub_chunks(chunk),
-    out_itemsize=np.dtype(out_dtype).itemsize,
-  )
-  a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
-  swizzle = _operands.choose_swizzle(a.shape[2], chunk)
-  rows = functools.partial(
-    _operands.scale_rows, tile=tile, batch=batch, k=k, chunk=chunk
-  )
-  sa = rows(a_s, rows=m, padded_rows=_operands.round_up(m, config.cta_m))
-  sb = rows(b_s, rows=n, padded_rows=_operands.round_up(n, config.cta_n))
-  out = scaled_gemm(
-    a,
-    b,
-    sa,
-    sb,
-    chunk=chunk,
-    swizzle=swizzle,
+  return scaled_matmul(
+    a_q,
+    a_s,
+    tile,
+    b_q,
+    b_s,
+    tile,
     out_dtype=out_dtype,
-    config=config,
     interpret=interpret,
+    config=config,
     name=f"lpj_mosaic_int8_block{block}_matmul",
   )
-  return out[:, :m, :n]
