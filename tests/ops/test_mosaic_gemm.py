@@ -64,9 +64,9 @@ def test_forward_and_gradients_match_xla(recipe):
       # f32 summation order inside a chunk differs (interpreter: numpy's
       # matmul; GPU: wgmma, whose FP8 accumulator keeps ~14 bits, and
       # FMA-contracted promotion). Relative error of the sum of n terms of
-      # mixed signs is ~sqrt(n) u in f32 (~1e-6 here); 2^-10 bounds the
-      # Hopper FP8 accumulator on random data.
-      assert rel_err(g, r) <= (2.0**-10 if ON_GPU else 1e-5)
+      # mixed signs is ~sqrt(n) u in f32 (~1e-6 here); on a GPU 2^-7 bounds
+      # the Hopper FP8 accumulator (see test_mosaic_fp8_matmul).
+      assert rel_err(g, r) <= (2.0**-7 if ON_GPU else 1e-5)
 
 
 def test_census_records_mosaic_gemms():

@@ -78,18 +78,18 @@ def test_real_data_within_budget(pair):
   # so the products of one chunk (|terms| summing to S) differ by at most
   # 2 c u S each for a chunk of c terms (standard summation bound). GPU:
   # Hopper's FP8 wgmma keeps ~14 bits in its accumulator (DeepSeek-V3), a
-  # relative error up to ~2^-14 per addition, which promotion every 128 K
-  # caps at one chunk; per-tensor accumulates over all K. The relative
-  # Frobenius error of random data is far below the worst case; we demand
-  # 2^-10 on a GPU (an eighth of an E4M3 half-ulp, 2^-4), and the elementwise
-  # summation bound on CPU.
+  # relative error up to ~2^-14 per 32-wide k-step; over n steps of a
+  # random-sign sum that grows like sqrt(n) 2^-14 relative to the partial
+  # sums, which can exceed the result by sqrt(n). Per-tensor: n = K/32 = 128
+  # steps, 128 * 2^-14 = 2^-7; 1x128 blocks promote every 4 steps: 2^-9.
+  # A wrong kernel is off by O(1).
   bsz, m, n, k = ms.ALIGNED
   fa, fb = _formats(pair, "e4m3")
   a = quantize(normal((bsz, m, k), seed=3), fa)
   b = quantize(normal((bsz, n, k), seed=4), fb)
   got, want = np.asarray(_run(a, b)), np.asarray(ms.reference(a, b))
   if ms.ON_GPU:
-    assert rel_err(got, want) <= 2.0**-10
+    assert rel_err(got, want) <= (2.0**-7 if pair == "tensor" else 2.0**-9)
   else:
     chunk = k if pair == "tensor" else 128
     budget = 2 * chunk * ms.U * ms.abs_reference(a, b)
