@@ -2,7 +2,9 @@
 
 The GEMMs run :mod:`pallas_kernels.mosaic` (``plgpu.kernel``, TMA pipeline,
 8-bit ``wgmma``): compiled on a GPU, through the Mosaic GPU interpreter on a
-CPU (for tests; ``implementation=None`` never picks it there). INT8 GEMMs
+CPU (for tests; ``implementation=None`` never picks it there; run it under
+``jax.jit`` there: eager autodiff dispatches XLA work while the interpreter's
+callbacks run their own, which can deadlock a 2-core host). INT8 GEMMs
 are bit-identical to ``"xla"``; FP8 GEMMs differ only in the f32 summation
 order (and, on Hopper, the FP8 accumulator's precision within a chunk).
 

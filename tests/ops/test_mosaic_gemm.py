@@ -5,6 +5,8 @@ to ``"xla"``) and multiplies with the Hopper kernels: through the Mosaic GPU
 interpreter on CPU, compiled on a GPU.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +37,11 @@ RECIPES = {
 }
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _value_and_grads(config, impl, x, w):
+  # Jitted: one XLA execution. Op-by-op (eager) autodiff keeps dispatching
+  # XLA work while an interpreted kernel's callbacks run their own XLA
+  # computations, which deadlocked the 2-core CPU host's thread pool.
   def loss(x, w):
     out = quantized_dot_general(
       x, w, DIMS, config=config, implementation=impl, seed=7

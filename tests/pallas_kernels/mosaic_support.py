@@ -79,6 +79,13 @@ def assert_bitwise(got, want):
   np.testing.assert_array_equal(got, want)
 
 
+def finished(x):
+  """Waits for ``x``. An interpreted kernel runs its simulated threads as XLA
+  computations inside callbacks; dispatching more XLA work while they run
+  can exhaust the 2-core CPU host's thread pool and deadlock."""
+  return jax.block_until_ready(x)
+
+
 def races_found() -> bool:
   """Whether the last interpreted kernel (detect_races=True) had a race."""
   return bool(gpu_callbacks.get_races().races_found)

@@ -28,14 +28,16 @@ def _formats(pair, a_dtype):
 
 
 def _run(a, b, **kw):
-  return fp8_matmul(
-    a.qvalue,
-    a.scale,
-    b.qvalue,
-    b.scale,
-    a_tile=a.format.tile,
-    b_tile=b.format.tile,
-    **kw,
+  return ms.finished(
+    fp8_matmul(
+      a.qvalue,
+      a.scale,
+      b.qvalue,
+      b.scale,
+      a_tile=a.format.tile,
+      b_tile=b.format.tile,
+      **kw,
+    )
   )
 
 

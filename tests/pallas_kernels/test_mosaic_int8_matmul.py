@@ -16,8 +16,12 @@ from tests.pallas_kernels import mosaic_support as ms
 
 
 def _run(a, b, **kw):
-  return int8_block_matmul(
-    a.qvalue, a.scale, b.qvalue, b.scale, block=a.format.block, **kw
+  # Block: an interpreted kernel's callbacks must finish before other XLA
+  # work is dispatched (see mosaic_support.finished).
+  return ms.finished(
+    int8_block_matmul(
+      a.qvalue, a.scale, b.qvalue, b.scale, block=a.format.block, **kw
+    )
   )
 
 
