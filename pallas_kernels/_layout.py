@@ -50,6 +50,42 @@ def check_array(name: str, x, dtypes, ndim: int = 3) -> None:
     )
 
 
+def check_operands(a_q, b_q, dtypes) -> tuple[int, int, int, int]:
+  """Checks K-major GEMM operands (B, M, K) and (B, N, K); returns BMNK."""
+  check_array("a_q", a_q, dtypes)
+  check_array("b_q", b_q, dtypes)
+  (ba, m, k), (bb, n, kb) = a_q.shape, b_q.shape
+  if ba != bb or k != kb:
+    raise ValueError(
+      f"a_q has shape {a_q.shape} and b_q has shape {b_q.shape}; expected "
+      "(B, M, K) and (B, N, K) with the same B and K"
+    )
+  return ba, m, n, k
+
+
+def check_scales(name: str, s, want: tuple[int, ...], what: str) -> None:
+  """Raises ValueError unless ``s`` is float32 of shape ``want``."""
+  check_array(name, s, (np.dtype(np.float32),))
+  if tuple(s.shape) != tuple(want):
+    raise ValueError(
+      f"{name} has {describe(s)}; for {what} expected float32 of shape "
+      f"{tuple(want)}"
+    )
+
+
+def check_out_dtype(out_dtype) -> np.dtype:
+  """The output dtype as np.dtype; ValueError unless f32, bf16 or f16."""
+  try:
+    dtype = np.dtype(out_dtype)
+  except TypeError:
+    dtype = None
+  if dtype not in FLOAT_DTYPES:
+    raise ValueError(
+      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
+    )
+  return dtype
+
+
 def is_power_of_two(n) -> bool:
   return isinstance(n, int) and n > 0 and n & (n - 1) == 0
 
@@ -72,16 +108,37 @@ def seed_array(seed, rounding: str) -> Array | None:
   return jnp.asarray(seed).astype(jnp.uint32).reshape(1)
 
 
-def compiler_params(num_warps: int, num_stages: int):
-  """Triton compiler parameters (ignored by the interpreter)."""
-  return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+def call(kernel, *, grid, in_specs, outs, tuning, interpret, name, args):
+  """One Triton-backend pallas_call; ``outs`` = [(struct, BlockSpec)] and
+  ``tuning`` = (num_warps, num_stages). Returns the outputs as a tuple."""
+  shapes, specs = zip(*outs)
+  num_warps, num_stages = tuning
+  return tuple(
+    pl.pallas_call(
+      kernel,
+      out_shape=list(shapes),
+      grid=grid,
+      in_specs=list(in_specs),
+      out_specs=list(specs),
+      compiler_params=pltriton.CompilerParams(
+        num_warps=num_warps, num_stages=num_stages
+      ),
+      interpret=interpret,
+      name=name,
+    )(*args)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class TileLayout:
-  """Program tiles of a (B, R, C) array quantized with scale tile ``tile``."""
+  """Program tiles of a (B, R, C) array quantized with a scale tile.
 
-  kind: str  # "block" (S x S), "groups" (1 x G), "rows" or "tensor"
+  Kinds: "block" (S x S; one scale per program), "groups" (1 x G; a scale
+  per program row), "col_groups" (G x 1; a scale per program column),
+  "rows" (1 x C; two-stage) and "tensor" (one scale; two-stage).
+  """
+
+  kind: str
   shape: tuple[int, int, int]
   rows: int
   cols: int
@@ -89,7 +146,7 @@ class TileLayout:
   @property
   def fused(self) -> bool:
     """True when every program holds whole scale tiles."""
-    return self.kind in ("block", "groups")
+    return self.kind in ("block", "groups", "col_groups")
 
   @property
   def grid(self) -> tuple[int, int, int]:
@@ -97,63 +154,92 @@ class TileLayout:
     return b, cdiv(r, self.rows), cdiv(c, self.cols)
 
   @property
+  def scale_tile(self) -> tuple[int, int]:
+    """Rows and columns sharing one scale (per-tensor: the whole matrix)."""
+    _, r, c = self.shape
+    return {
+      "block": (self.rows, self.cols),
+      "groups": (1, self.cols),
+      "col_groups": (self.rows, 1),
+      "rows": (1, c),
+      "tensor": (r, c),
+    }[self.kind]
+
+  @property
   def scale_shape(self) -> tuple[int, int, int]:
     b, r, c = self.shape
-    return {
-      "block": (b, cdiv(r, self.rows), cdiv(c, self.cols)),
-      "groups": (b, r, cdiv(c, self.cols)),
-      "rows": (b, r, 1),
-      "tensor": (1, 1, 1),
-    }[self.kind]
+    if self.kind == "tensor":
+      return (1, 1, 1)
+    tr, tc = self.scale_tile
+    return b, cdiv(r, tr), cdiv(c, tc)
+
+  @property
+  def reduce_axes(self) -> tuple[int, ...]:
+    """Axes of a program tile that one scale spans (fused kinds)."""
+    return {"block": (0, 1), "groups": (1,), "col_groups": (0,)}[self.kind]
 
   def tile_spec(self) -> pl.BlockSpec:
     return pl.BlockSpec((None, self.rows, self.cols), lambda b, i, j: (b, i, j))
 
   def scale_spec(self) -> pl.BlockSpec:
-    """The scales one program uses: (1, 1) or one per tile row (rows, 1)."""
-    per_row = self.kind in ("groups", "rows")
-    block = (None, self.rows if per_row else 1, 1)
-    index = {
-      "block": lambda b, i, j: (b, i, j),
-      "groups": lambda b, i, j: (b, i, j),
-      "rows": lambda b, i, j: (b, i, 0),
-      "tensor": lambda b, i, j: (0, 0, 0),
-    }[self.kind]
-    return pl.BlockSpec(block, index)
+    """This program's scales: (1, 1), (rows, 1) or (1, cols)."""
+    block = {
+      "groups": (None, self.rows, 1),
+      "rows": (None, self.rows, 1),
+      "col_groups": (None, 1, self.cols),
+    }.get(self.kind, (None, 1, 1))
+    if self.kind == "rows":
+      return pl.BlockSpec(block, lambda b, i, j: (b, i, 0))
+    if self.kind == "tensor":
+      return pl.BlockSpec(block, lambda b, i, j: (0, 0, 0))
+    return pl.BlockSpec(block, lambda b, i, j: (b, i, j))
+
+  def scale_mask(self, row: Array, col: Array) -> Array | None:
+    """In-range mask of this program's scales (None: always in range)."""
+    if self.kind in ("groups", "rows"):
+      return row < self.shape[1]
+    if self.kind == "col_groups":
+      return col < self.shape[2]
+    return None
 
 
 def tile_layout(shape, tile: Tile, rows: int, cols: int) -> TileLayout:
-  """The layout for scale ``tile``; ``rows``/``cols`` size two-stage programs.
+  """The layout for scale ``tile``; ``rows``/``cols`` size the programs
+  where the tile does not (per-tensor, per-row, and along groups).
 
   Raises:
     ValueError: for a malformed tile.
     NotImplementedError: for valid tiles without a kernel, such as (None, 1).
   """
+  shape = tuple(shape)
   if tile is None:
-    return TileLayout("tensor", tuple(shape), rows, cols)
+    return TileLayout("tensor", shape, rows, cols)
   if not (isinstance(tile, tuple) and len(tile) == 2):
     raise ValueError(f"tile must be None or a pair (rows, cols), got {tile!r}")
   tr, tc = tile
   if tile == (1, None):
-    return TileLayout("rows", tuple(shape), rows, cols)
+    return TileLayout("rows", shape, rows, cols)
   if tr == 1 and is_power_of_two(tc) and tc > 1:
-    return TileLayout("groups", tuple(shape), rows, tc)
+    return TileLayout("groups", shape, rows, tc)
+  if tc == 1 and is_power_of_two(tr) and tr > 1:
+    return TileLayout("col_groups", shape, tr, cols)
   if tr == tc and is_power_of_two(tr) and tr > 1:
-    return TileLayout("block", tuple(shape), tr, tr)
+    return TileLayout("block", shape, tr, tr)
   raise NotImplementedError(
     f"tile {tile!r} has no quantize kernel; supported: None (per-tensor), "
-    "(1, None) (per-row), (1, G) and (S, S) with G, S powers of two"
+    "(1, None) (per-row), (1, G), (G, 1) and (S, S) with G, S powers of two"
   )
 
 
 def tile_coordinates(rows: int, cols: int, shape) -> tuple[Array, Array, Array]:
-  """Global (row, col) of every element of this program's tile, and in-range.
+  """This program's global rows (rows, 1), columns (1, cols) and in-range mask.
 
-  ``row`` indexes axis 1 and ``col`` axis 2 of the (B, R, C) array.
+  Rows index axis 1 and columns axis 2 of the (B, R, C) array. Row masks are
+  ``row < R``: Triton cannot slice a value (``mask[:, :1]``).
   """
   i, j = pl.program_id(1), pl.program_id(2)
-  row = i * rows + lax.broadcasted_iota(jnp.int32, (rows, cols), 0)
-  col = j * cols + lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
+  row = i * rows + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
+  col = j * cols + lax.broadcasted_iota(jnp.int32, (1, cols), 1)
   return row, col, (row < shape[1]) & (col < shape[2])
 
 
@@ -178,7 +264,12 @@ def tile_codes(
 
 
 def load(ref, mask: Array, other=0) -> Array:
-  """Masked load of a whole (possibly sliced) ref; masked elements = other."""
+  """Masked load of a whole (possibly sliced) ref; masked elements = other.
+
+  ``other`` is typed like the ref: Triton cannot cast an int constant to FP8.
+  """
+  if jnp.issubdtype(ref.dtype, jnp.floating):
+    other = float(other)
   return pltriton.load(ref, mask=mask, other=other)
 
 

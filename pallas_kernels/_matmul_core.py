@@ -35,9 +35,15 @@ from pallas_kernels._rounding import (
   tile_scale,
 )
 
-# Scale kinds; the first two are constant along K.
-SCALE_KINDS = ("tensor", "rows", "groups", "block")
+# Scale kinds: "tensor" and "rows" are constant along K, "groups" (1 x G)
+# and "block" (G x G) change every ``chunk`` = G columns of K.
 _NT = (((1,), (1,)), ((), ()))
+
+
+def warps_for(block_m: int, block_n: int, minimum: int) -> int:
+  """Triton warps for an f32 accumulator tile: at least ``minimum``, and one
+  per 2048 accumulator elements (128 x 128 gets 8, 64 registers a thread)."""
+  return max(minimum, block_m * block_n // 2048)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +66,8 @@ class MatmulPlan:
 
   @property
   def per_chunk(self) -> bool:
-    return "groups" in (self.a_scales, self.b_scales) or "block" in (
-      self.a_scales,
-      self.b_scales,
-    )
+    """True when the scales change along K (rescale every chunk)."""
+    return bool({self.a_scales, self.b_scales} & {"groups", "block"})
 
   @property
   def chunks(self) -> int:
@@ -103,7 +107,10 @@ def in_specs(plan: MatmulPlan) -> list[pl.BlockSpec]:
 
 
 def _row_scales(ref, kind, c, program, rows, total, group) -> Array:
-  """(rows, 1) scales of K chunk ``c`` (None: constant kinds) or (1, 1)."""
+  """This program's scales for K chunk ``c``: (rows, 1), or (1, 1) per-tensor.
+
+  Per-row scales ignore ``c``; S x S block scales are repeated S times.
+  """
   if kind == "tensor":
     return ref[...]
   if kind == "block":
@@ -126,14 +133,13 @@ def kernel(a_ref, as_ref, b_ref, bs_ref, *refs, plan: MatmulPlan):
   bm, bn, chunk = plan.block_m, plan.block_n, plan.chunk
   rows = i * bm + lax.broadcasted_iota(jnp.int32, (bm, 1), 0)
   cols = j * bn + lax.broadcasted_iota(jnp.int32, (1, bn), 1)
+  b_rows = j * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
 
   def a_scales(c):
     return _row_scales(as_ref, plan.a_scales, c, i, bm, m, chunk)
 
   def b_scales(c):
     return _row_scales(bs_ref, plan.b_scales, c, j, bn, n, chunk).reshape(1, -1)
-
-  b_rows = j * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
 
   def step(c, acc):
     k0 = c * chunk
@@ -206,18 +212,15 @@ def run(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan, name: str, interpret):
   if plan.stochastic:
     args.append(seed)
     specs.append(pl.BlockSpec((1,), lambda b, i, j: (0,)))
-  shapes, o_specs = zip(*out_specs(plan))
-  return tuple(
-    pl.pallas_call(
-      functools.partial(kernel, plan=plan),
-      out_shape=list(shapes),
-      grid=plan.grid,
-      in_specs=specs,
-      out_specs=list(o_specs),
-      compiler_params=L.compiler_params(plan.num_warps, plan.num_stages),
-      interpret=interpret,
-      name=name,
-    )(*args)
+  return L.call(
+    functools.partial(kernel, plan=plan),
+    grid=plan.grid,
+    in_specs=specs,
+    outs=out_specs(plan),
+    tuning=(plan.num_warps, plan.num_stages),
+    interpret=interpret,
+    name=name,
+    args=args,
   )
 
 

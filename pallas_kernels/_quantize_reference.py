@@ -38,13 +38,6 @@ def fp8_grid(dtype) -> NumberGrid:
   return NumberGrid(dtype)
 
 
-def _tile_extent(layout: L.TileLayout) -> tuple[int, int]:
-  """(rows, cols) of one scale tile (a whole row for per-row scales)."""
-  if layout.kind == "rows":
-    return 1, layout.shape[2]
-  return layout.rows, layout.cols
-
-
 def _blocked(x: Array, tr: int, tc: int) -> Array:
   b, r, c = x.shape
   x = jnp.pad(x, ((0, 0), (0, -r % tr), (0, -c % tc)))
@@ -74,12 +67,10 @@ def quantize_reference(
 ):
   """(codes, scales) of ``x`` for any tile layout, in plain jnp."""
   x32 = x.astype(jnp.float32)
+  tr, tc = layout.scale_tile
   if layout.kind == "tensor":
-    absmax, ok = finite_absmax(x32)
-    absmax, ok = absmax.reshape(1, 1, 1), ok.reshape(1, 1, 1)
-    tr, tc = x.shape[1], x.shape[2]
+    absmax, ok = finite_absmax(x32, keepdims=True)
   else:
-    tr, tc = _tile_extent(layout)
     absmax, ok = finite_absmax(_blocked(x32, tr, tc), axis=(2, 4))
   scale, inverse = tile_scale(absmax, ok, grid.qmax)
   inverse = _expand(inverse, tr, tc, x.shape)
@@ -122,9 +113,5 @@ def dequantize_reference(
 ) -> Array:
   """Twin of :func:`pallas_kernels.quantize.dequantize`."""
   layout = L.tile_layout(q.shape, tile, 1, 1)
-  if layout.kind == "tensor":
-    tr, tc = q.shape[1], q.shape[2]
-  else:
-    tr, tc = _tile_extent(layout)
-  scale = _expand(s, tr, tc, q.shape)
+  scale = _expand(s, *layout.scale_tile, q.shape)
   return (q.astype(jnp.float32) * scale).astype(out_dtype)

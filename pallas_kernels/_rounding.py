@@ -17,8 +17,8 @@ bit-for-bit the results of the reference on any backend:
   stochastic rounding exactly as ``lowprec_jax/formats/_rounding.py``; FP8
   values are rounded on the FP8 grid in f32 (scaling by exact powers of two),
   so the final cast only converts representable values.
-* ``div_rn(n, d)``: the correctly rounded quotient, by restoring long division
-  of the 24-bit significands in uint32.
+* ``reciprocal_rn(d)``: the correctly rounded ``1 / d``, by restoring long
+  division of the 24-bit significands in uint32.
 * ``tile_scale(absmax, ok, qmax)``: a tile's scale and its reciprocal, the
   formula of ``lowprec_jax/formats/_quantize.py`` (as XLA compiles it).
 
@@ -108,22 +108,20 @@ def round_fp8(y: Array, dtype, u: Array | None) -> Array:
   return jnp.where(y < 0, -r, r).astype(dtype)
 
 
-def div_rn(n: Array, d: Array) -> Array:
-  """``n / d`` rounded to nearest even, using integer arithmetic only.
+def reciprocal_rn(d: Array) -> Array:
+  """``1 / d`` rounded to nearest even, using integer arithmetic only.
 
-  Valid for finite ``n >= 0`` and normal ``d > 0``. Quotients below the
-  smallest normal f32 (2^-126) flush to zero, as XLA does; callers clamp
-  scales at 2^-126, so that range never reaches a result.
+  Valid for normal ``d > 0``. Results below the smallest normal f32
+  (``d > 2^126``) flush to zero, as XLA does; scales never get there.
   """
-  n_bits, d_bits = _bits(n), _bits(d)
-  n_exp = (n_bits >> 23).astype(jnp.int32)
+  d_bits = _bits(d)
   d_exp = (d_bits >> 23).astype(jnp.int32)
-  n_man = (n_bits & jnp.uint32(_MANTISSA)) | jnp.uint32(_HIDDEN)
   d_man = (d_bits & jnp.uint32(_MANTISSA)) | jnp.uint32(_HIDDEN)
   # Normalise so that the significand quotient rem / d_man lies in [1, 2).
-  below = n_man < d_man
-  rem = jnp.where(below, n_man << 1, n_man)
-  exponent = n_exp - d_exp + 127 - below.astype(jnp.int32)
+  # (The numerator 1.0 is a constant: Triton cannot bitcast a constant.)
+  below = d_man > _HIDDEN
+  rem = jnp.where(below, jnp.uint32(_HIDDEN << 1), jnp.uint32(_HIDDEN))
+  exponent = 254 - d_exp - below.astype(jnp.int32)
 
   # 24 quotient bits plus a guard bit; rem < 2^25 throughout. A loop, not
   # an unrolled chain: XLA:CPU takes ~40 s to compile 25 unrolled steps
@@ -134,7 +132,7 @@ def div_rn(n: Array, d: Array) -> Array:
     quotient = (quotient << 1) | bit.astype(jnp.uint32)
     return quotient, (rem - jnp.where(bit, d_man, jnp.uint32(0))) << 1
 
-  quotient, rem = lax.fori_loop(0, 25, step, (jnp.zeros_like(n_man), rem))
+  quotient, rem = lax.fori_loop(0, 25, step, (jnp.zeros_like(d_man), rem))
   man = quotient >> 1
   guard = (quotient & 1) == 1
   round_up = guard & ((rem != 0) | ((man & 1) == 1))
@@ -145,7 +143,7 @@ def div_rn(n: Array, d: Array) -> Array:
   clamped = jnp.clip(exponent, 1, 254).astype(jnp.uint32)
   q = _float((clamped << 23) | (man & jnp.uint32(_MANTISSA)))
   q = jnp.where(exponent >= 255, jnp.inf, q)
-  return jnp.where((exponent <= 0) | (n_exp == 0), 0.0, q).astype(jnp.float32)
+  return jnp.where(exponent <= 0, 0.0, q).astype(jnp.float32)
 
 
 def max_scale(qmax: float) -> float:
@@ -169,7 +167,7 @@ def tile_scale(absmax: Array, ok: Array, qmax: float) -> tuple[Array, Array]:
   scale = jnp.maximum(absmax * np.float32(1.0 / qmax), SCALE_FLOOR)
   scale = jnp.minimum(scale, max_scale(qmax))
   scale = jnp.where(absmax == 0, 1.0, scale).astype(jnp.float32)
-  inverse = div_rn(jnp.ones_like(scale), scale)
+  inverse = reciprocal_rn(scale)
   nan = jnp.float32(jnp.nan)
   return jnp.where(ok, scale, nan), jnp.where(ok, inverse, nan)
 
@@ -177,12 +175,22 @@ def tile_scale(absmax: Array, ok: Array, qmax: float) -> tuple[Array, Array]:
 def finite_absmax(x: Array, axis=None, keepdims: bool = False):
   """(max |x| over the finite entries, True where no entry is NaN or inf).
 
-  NaN is detected explicitly: XLA's max reduction may drop it on CPU.
+  ``axis``: an int, a tuple of ints or None (all). NaN is detected
+  explicitly: XLA's max reduction may drop it on CPU. Axes are reduced one
+  at a time, last first: Triton's multi-axis reduction fails on values that
+  carry a sharding (as under an abstract mesh).
   """
   a = jnp.abs(x)
   finite = a <= F32_MAX  # False for NaN and inf
-  absmax = jnp.max(jnp.where(finite, a, 0.0), axis=axis, keepdims=keepdims)
-  bad = jnp.max(jnp.where(finite, 0.0, 1.0), axis=axis, keepdims=keepdims)
+  absmax = jnp.where(finite, a, 0.0)
+  bad = jnp.where(finite, 0.0, 1.0)
+  if axis is None:
+    axis = tuple(range(x.ndim))
+  elif isinstance(axis, int):
+    axis = (axis,)
+  for one in sorted(axis, reverse=True):
+    absmax = jnp.max(absmax, axis=one, keepdims=keepdims)
+    bad = jnp.max(bad, axis=one, keepdims=keepdims)
   return absmax, bad == 0
 
 

@@ -89,14 +89,7 @@ def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
 
 
 def _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config):
-  L.check_array("a_q", a_q, L.FP8_DTYPES)
-  L.check_array("b_q", b_q, L.FP8_DTYPES)
-  (ba, m, k), (bb, n, kb) = a_q.shape, b_q.shape
-  if ba != bb or k != kb:
-    raise ValueError(
-      f"a_q has shape {a_q.shape} and b_q has shape {b_q.shape}; expected "
-      "(B, M, K) and (B, N, K) with the same B and K"
-    )
+  b, m, n, k = L.check_operands(a_q, b_q, L.FP8_DTYPES)
   reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
   if reason:
     raise NotImplementedError(reason)
@@ -105,30 +98,24 @@ def _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config):
     ("b_s", b_s, b_q, b_tile),
   ):
     want = L.tile_layout(q.shape, tile, 1, 1).scale_shape
-    L.check_array(name, s, (np.dtype(np.float32),))
-    if tuple(s.shape) != want:
-      raise ValueError(
-        f"{name} has {L.describe(s)}; for tile {tile!r} expected float32 of "
-        f"shape {want}"
-      )
-  if np.dtype(out_dtype) not in L.FLOAT_DTYPES:
-    raise ValueError(
-      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
-    )
+    L.check_scales(name, s, want, f"tile {tile!r}")
+  out_dtype = L.check_out_dtype(out_dtype)
   (ka, group), (kb_, _) = scale_kind(a_tile), scale_kind(b_tile)
   chunk = group or config.block_k
   mixed = a_q.dtype != b_q.dtype
+  block_m = config.block_m
+  block_n = max(config.block_n, chunk if kb_ == "block" else 1)
   return core.MatmulPlan(
-    bmnk=(ba, m, n, k),
+    bmnk=(b, m, n, k),
     a_scales=ka,
     b_scales=kb_,
     chunk=chunk,
-    block_m=config.block_m,
-    block_n=max(config.block_n, chunk if kb_ == "block" else 1),
+    block_m=block_m,
+    block_n=block_n,
     accumulator=np.dtype(np.float32),
     upcast=np.dtype(jnp.bfloat16) if mixed else None,
-    out_dtype=np.dtype(out_dtype),
-    num_warps=config.num_warps,
+    out_dtype=out_dtype,
+    num_warps=core.warps_for(block_m, block_n, config.num_warps),
     num_stages=config.num_stages,
   )
 

@@ -49,14 +49,7 @@ DEFAULT_CONFIG = Int8MatmulConfig()
 
 
 def _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype) -> None:
-  L.check_array("a_q", a_q, (np.dtype(np.int8),))
-  L.check_array("b_q", b_q, (np.dtype(np.int8),))
-  (ba, m, k), (bb, n, kb) = a_q.shape, b_q.shape
-  if ba != bb or k != kb:
-    raise ValueError(
-      f"a_q has shape {a_q.shape} and b_q has shape {b_q.shape}; expected "
-      "(B, M, K) and (B, N, K) with the same B and K"
-    )
+  b, m, n, k = L.check_operands(a_q, b_q, (np.dtype(np.int8),))
   if block not in BLOCKS:
     raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
   if out_block not in (None, *BLOCKS):
@@ -64,34 +57,28 @@ def _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype) -> None:
       f"out_block must be None or one of {BLOCKS}, got {out_block!r}"
     )
   for name, s, rows in (("a_s", a_s, m), ("b_s", b_s, n)):
-    want = (ba, cdiv(rows, block), cdiv(k, block))
-    L.check_array(name, s, (np.dtype(np.float32),))
-    if tuple(s.shape) != want:
-      raise ValueError(
-        f"{name} has {L.describe(s)}; for {block} x {block} blocks expected "
-        f"float32 of shape {want}"
-      )
-  if out_block is None and np.dtype(out_dtype) not in L.FLOAT_DTYPES:
-    raise ValueError(
-      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
-    )
+    want = (b, cdiv(rows, block), cdiv(k, block))
+    L.check_scales(name, s, want, f"{block} x {block} blocks")
+  if out_block is None:
+    L.check_out_dtype(out_dtype)
 
 
 def _plan(a_q, b_q, block, out_dtype, out_block, stochastic, config):
   side = max(block, out_block or 1)
+  block_m, block_n = max(config.block_m, side), max(config.block_n, side)
   return core.MatmulPlan(
     bmnk=(*a_q.shape[:2], b_q.shape[1], a_q.shape[2]),
     a_scales="block",
     b_scales="block",
     chunk=block,
-    block_m=max(config.block_m, side),
-    block_n=max(config.block_n, side),
+    block_m=block_m,
+    block_n=block_n,
     accumulator=np.dtype(np.int32),
     upcast=None,
     out_dtype=np.dtype(out_dtype),
     out_block=out_block,
     stochastic=stochastic,
-    num_warps=config.num_warps,
+    num_warps=core.warps_for(block_m, block_n, config.num_warps),
     num_stages=config.num_stages,
   )
 

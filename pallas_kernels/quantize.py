@@ -21,7 +21,7 @@ rounding step uses :mod:`pallas_kernels._rounding`).
   ``transpose=True`` the same program also writes the block transposed into
   ``q_t`` (B, K, M): the same codes (hashed at their original coordinates),
   with the transposed scale grid, so ``q_t == q.mT`` exactly.
-* ``quantize_fp8``: S x S blocks and 1 x G groups in one fused kernel;
+* ``quantize_fp8``: S x S blocks, 1 x G and G x 1 groups in one fused kernel;
   per-row and per-tensor scales in two stages: a kernel writes the maximum
   of every (row, column tile), ``jnp.max`` reduces that small array, and the
   quantize kernel applies the scales.
@@ -77,29 +77,36 @@ DEFAULT_CONFIG = QuantizeConfig()
 
 
 def _fused_kernel(*refs, layout, grid, stochastic, transpose):
-  """Absmax, scale and codes of whole S x S blocks or 1 x G groups."""
+  """Absmax, scale and codes of whole S x S, 1 x G or G x 1 tiles."""
   x_ref, *refs = refs
   seed_ref = refs.pop(0) if stochastic else None
   q_ref, s_ref, *transposed = refs
   row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
-  per_row = layout.kind == "groups"
-  axis = 1 if per_row else None
-  absmax, ok = finite_absmax(x, axis=axis, keepdims=per_row)
+  absmax, ok = finite_absmax(x, axis=layout.reduce_axes, keepdims=True)
   scale, inverse = tile_scale(absmax, ok, grid.qmax)
-  inverse = inverse.reshape((-1, 1))
   codes = L.tile_codes(
     x, inverse, ok, row, col, layout.shape[1], seed_ref, grid
   )
   L.store(q_ref, codes, mask)
-  if per_row:
-    L.store(s_ref, scale, mask[:, :1])
-  else:
-    s_ref[...] = scale.reshape(1, 1)
+  _store_scales(s_ref, scale, layout, row, col)
   if transpose:
     qt_ref, st_ref = transposed
     L.store(qt_ref, codes.T, mask.T)
-    st_ref[...] = scale.reshape(1, 1)
+    st_ref[...] = scale
+
+
+def _store_scales(s_ref, scale, layout, row, col) -> None:
+  mask = layout.scale_mask(row, col)
+  if mask is None:
+    s_ref[...] = scale
+  else:
+    L.store(s_ref, scale, mask)
+
+
+def _load_scales(s_ref, layout, row, col, other) -> Array:
+  mask = layout.scale_mask(row, col)
+  return s_ref[...] if mask is None else L.load(s_ref, mask, other)
 
 
 def _absmax_kernel(x_ref, out_ref, *, layout):
@@ -107,10 +114,10 @@ def _absmax_kernel(x_ref, out_ref, *, layout):
 
   A NaN or inf is written as inf, which any later max keeps.
   """
-  _, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
+  row, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
   absmax, ok = finite_absmax(x, axis=1, keepdims=True)
-  L.store(out_ref, jnp.where(ok, absmax, jnp.inf), mask[:, :1])
+  L.store(out_ref, jnp.where(ok, absmax, jnp.inf), row < layout.shape[1])
 
 
 def _scaled_kernel(*refs, layout, grid, stochastic):
@@ -120,10 +127,7 @@ def _scaled_kernel(*refs, layout, grid, stochastic):
   (q_ref,) = refs
   row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
-  if layout.kind == "rows":
-    inverse = L.load(inv_ref, mask[:, :1], other=1.0)
-  else:
-    inverse = inv_ref[...]
+  inverse = _load_scales(inv_ref, layout, row, col, 1.0)
   ok = inverse <= F32_MAX  # False for the NaN of a poisoned scale
   codes = L.tile_codes(
     x, inverse, ok, row, col, layout.shape[1], seed_ref, grid
@@ -133,17 +137,16 @@ def _scaled_kernel(*refs, layout, grid, stochastic):
 
 def _run(kernel, layout, config, interpret, name, args, in_specs, outs):
   """One pallas_call over ``layout``'s grid; ``outs`` = [(struct, spec)]."""
-  shapes, specs = zip(*outs)
-  return pl.pallas_call(
+  return L.call(
     kernel,
-    out_shape=list(shapes),
     grid=layout.grid,
     in_specs=in_specs,
-    out_specs=list(specs),
-    compiler_params=L.compiler_params(config.num_warps, config.num_stages),
+    outs=outs,
+    tuning=(config.num_warps, config.num_stages),
     interpret=interpret,
     name=name,
-  )(*args)
+    args=args,
+  )
 
 
 def _seeded(args, in_specs, seed):
@@ -153,10 +156,10 @@ def _seeded(args, in_specs, seed):
   return args, in_specs
 
 
-_STATIC = ("grid", "layout", "transpose", "config", "interpret")
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(
+  jax.jit,
+  static_argnames=("grid", "layout", "transpose", "config", "interpret"),
+)
 def _quantize_fused(x, seed, *, grid, layout, transpose, config, interpret):
   args, in_specs = _seeded([x], [layout.tile_spec()], seed)
   outs = [
@@ -182,15 +185,13 @@ def _quantize_fused(x, seed, *, grid, layout, transpose, config, interpret):
     stochastic=seed is not None,
     transpose=transpose,
   )
-  name = (
-    "lpj_quantize_int8_block" if grid.dtype == np.int8 else "lpj_quantize_fp8"
-  )
-  return tuple(
-    _run(kernel, layout, config, interpret, name, args, in_specs, outs)
-  )
+  name = "lpj_quantize_int8_block" if grid.is_int8 else "lpj_quantize_fp8"
+  return _run(kernel, layout, config, interpret, name, args, in_specs, outs)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC[:2] + _STATIC[3:])
+@functools.partial(
+  jax.jit, static_argnames=("grid", "layout", "config", "interpret")
+)
 def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
   b, m, _ = x.shape
   partial_shape = (b, m, layout.grid[2])
@@ -303,12 +304,9 @@ def quantize_fp8(
 
 
 def _dequantize_kernel(q_ref, s_ref, out_ref, *, layout):
-  _, _, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
+  row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   q = L.load(q_ref, mask).astype(jnp.float32)
-  if layout.scale_spec().block_shape[1] == 1:
-    scale = s_ref[...]
-  else:
-    scale = L.load(s_ref, mask[:, :1])
+  scale = _load_scales(s_ref, layout, row, col, 0.0)
   L.store(out_ref, q * scale, mask)
 
 
@@ -324,21 +322,14 @@ def dequantize(
   """``q * s`` per tile (computed in f32), cast to ``out_dtype``."""
   L.check_array("q", q, (np.dtype(np.int8), *L.FP8_DTYPES))
   layout = L.tile_layout(q.shape, tile, config.rows, config.cols)
-  L.check_array("s", s, (np.dtype(np.float32),))
-  if tuple(s.shape) != layout.scale_shape:
-    raise ValueError(
-      f"s has {L.describe(s)}; for q of shape {tuple(q.shape)} and tile "
-      f"{tile!r} expected float32 of shape {layout.scale_shape}"
-    )
-  if np.dtype(out_dtype) not in L.FLOAT_DTYPES:
-    raise ValueError(
-      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
-    )
+  what = f"q of shape {tuple(q.shape)} and tile {tile!r}"
+  L.check_scales("s", s, layout.scale_shape, what)
+  out_dtype = L.check_out_dtype(out_dtype)
   return _dequantize(
     q,
     s,
     layout=layout,
-    out_dtype=np.dtype(out_dtype),
+    out_dtype=out_dtype,
     config=config,
     interpret=resolve_interpret(interpret),
   )
