@@ -9,15 +9,23 @@ from train.provenance import provenance
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def write_results(stem: str, module: str, argv, result: dict, markdown) -> None:
-  """Writes results/<stem>.json and .md and prints the table.
+def write_results(
+  stem: str,
+  module: str,
+  argv,
+  result: dict,
+  markdown,
+  out_dir: pathlib.Path = RESULTS,
+) -> None:
+  """Writes <out_dir>/<stem>.json and .md and prints the table.
 
   ``markdown(result, info)`` renders the table; ``info`` is the provenance
   (device, versions, commit, the command ``python -m <module> <argv>``).
   """
   info = provenance(command=shlex.join(["python", "-m", module, *argv]))
-  payload = json.dumps({**result, "provenance": info}, indent=2)
-  (RESULTS / f"{stem}.json").write_text(payload + "\n")
+  payload = json.dumps({**result, "provenance": info}, indent=2, default=str)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / f"{stem}.json").write_text(payload + "\n")
   table = markdown(result, info)
-  (RESULTS / f"{stem}.md").write_text(table)
+  (out_dir / f"{stem}.md").write_text(table)
   print(table)

@@ -107,6 +107,10 @@ def _walk(jaxpr, context, multiplier, gemms, plain):
   for eqn in jaxpr.eqns:
     stack = f"{context}/{eqn.source_info.name_stack}"
     tag = _TAG.search(stack)
+    if eqn.primitive.name == "wgmma_ref" and tag:  # Mosaic GPU: acc, a, b
+      acc, lhs, rhs = (v.aval for v in eqn.invars[:3])
+      dtypes = (str(lhs.dtype), str(rhs.dtype), str(acc.dtype))
+      gemms.setdefault((int(tag["id"]), tag["role"]), (tag, dtypes, multiplier))
     if eqn.primitive.name == "dot_general":
       lhs, rhs = (v.aval for v in eqn.invars)
       dtypes = (str(lhs.dtype), str(rhs.dtype), str(eqn.outvars[0].aval.dtype))

@@ -19,6 +19,7 @@ from jax import Array
 
 from lowprec_jax.formats._qtensor import QTensor
 from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
+from lowprec_jax.ops._mosaic_gemm import MosaicGemm
 from lowprec_jax.ops._pallas_gemm import PallasGemm
 from lowprec_jax.ops._xla_gemm import XlaGemm
 
@@ -55,12 +56,11 @@ PREFERENCE = ("mosaic", "pallas", "xla")
 # What implementation=None may pick on each backend (others: XLA only).
 AUTO = {"gpu": ("mosaic", "pallas", "xla"), "cpu": ("xla",)}
 _REGISTRY: dict[str, Implementation] = {
+  "mosaic": MosaicGemm(),
   "pallas": PallasGemm(),
   "xla": XlaGemm(),
 }
-_NOT_YET = {
-  "mosaic": "the Hopper (Mosaic GPU) kernels are not part of this release",
-}
+_NOT_YET: dict[str, str] = {}
 
 
 def register(impl: Implementation) -> None:

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The whole H200 check in one call: environment facts, the Mosaic kernel
+# tests compiled on the GPU (realistic shapes), then the kernel benchmark.
+#
+#   PYTHONPATH=. bash benchmarks/gpu_check.sh          # on the H200, $OUT set
+#   PYTHONPATH=. bash benchmarks/gpu_check.sh --dry    # on a CPU: interpreted
+#                                                      # tests, --smoke bench
+#
+# Every phase runs under `timeout`, logs to $OUT/<phase>.log and may fail
+# without stopping the next one; the exit status is that of the first failed
+# phase. Budget (well under 10 minutes): env 60 s, tests 180 s, bench 300 s.
+# $OUT receives at most 6 files, none in sub-folders:
+#   env.log tests.log bench.log summary.txt <device>.json <device>.md
+set -u
+
+OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+DRY=0
+if [[ "${1:-}" == "--dry" ]]; then DRY=1; fi
+export PYTHONUNBUFFERED=1
+
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+FIRST_FAILURE=0
+
+phase() {  # phase NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  local cmd="$*"
+  cmd=${cmd//$'\n'/ }
+  echo "== $name (limit ${limit}s): ${cmd:0:160}" | tee -a "$SUMMARY"
+  timeout --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local verdict=ok
+  if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+    verdict="TIMEOUT"
+  elif [[ $rc -ne 0 ]]; then
+    verdict="FAILED"
+  fi
+  echo "   $name: $verdict (rc=$rc, $((SECONDS - start)) s)" | tee -a "$SUMMARY"
+  if [[ $rc -ne 0 && $FIRST_FAILURE -eq 0 ]]; then FIRST_FAILURE=$rc; fi
+}
+
+ENV_FACTS='date -u
+git rev-parse --short HEAD 2>/dev/null || echo "commit: unknown"
+nvidia-smi || echo "nvidia-smi: not available"
+"$PY" -c "import jax, jaxlib; d = jax.devices()[0]; print(\"jax\",
+jax.__version__, \"jaxlib\", jaxlib.__version__, jax.devices());
+print(\"kind:\", d.device_kind, \"cores:\", getattr(d, \"core_count\", None))"'
+export PY
+phase env 60 bash -c "$ENV_FACTS"
+
+TESTS=(tests/pallas_kernels/test_mosaic_int8_matmul.py
+  tests/pallas_kernels/test_mosaic_fp8_matmul.py
+  tests/pallas_kernels/test_mosaic_lowering.py)
+if [[ -f tests/ops/test_mosaic_gemm.py ]]; then
+  TESTS+=(tests/ops/test_mosaic_gemm.py)
+fi
+phase tests 180 "$PY" -m pytest -q -rA -p no:cacheprovider "${TESTS[@]}"
+
+if [[ $DRY -eq 1 ]]; then
+  phase bench 300 "$PY" -m benchmarks.kernels --smoke --out "$OUT" \
+    --recipes fp8_current --modes fwd
+else
+  phase bench 300 "$PY" -m benchmarks.kernels --out "$OUT" --budget-s 170 \
+    --sweep-s 50
+fi
+
+{
+  echo
+  echo "== env"
+  grep -E "^jax|^kind|NVIDIA H|Driver" "$OUT/env.log" | head -n 4
+  echo
+  echo "== test results"
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -n 12
+  echo
+  echo "== benchmark table ($OUT)"
+  cat "$OUT"/*.md 2>/dev/null || echo "no benchmark table (see bench.log)"
+} | tee -a "$SUMMARY"
+exit $FIRST_FAILURE

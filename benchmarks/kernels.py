@@ -1,0 +1,286 @@
+"""Speed of the quantized GEMMs and quantize kernels against XLA bf16.
+
+For named real shapes (``shapes.py``, 8192 tokens) and a Linear
+``y = x . w``, times the forward and the forward + backward (``jax.vjp``)
+of:
+
+* ``bf16``: ``lax.dot_general`` on bf16 (the baseline of every ratio);
+* ``xla_fp8``: XLA's own FP8 path, per-tensor scales fused into cuBLASLt;
+* our ``quantized_dot_general`` per recipe (``jetfire_int8`` blocks 32 and
+  128, ``fp8_current``, ``fp8_block``) and implementation (``xla``,
+  ``pallas``, ``mosaic``), quantization included.
+
+Each figure is the median of many synchronized calls after warm-up, with
+min/max; TFLOP/s counts 2MKN per GEMM (3 GEMMs with the backward) against
+the dense peak (bf16 990, 8-bit 1979 TFLOP/s). The compiled HLO of every XLA
+program is searched for the GEMM path it took (cuBLASLt FP8, cuBLAS, Triton).
+Quantize kernels are timed alone and compared with a device copy measured
+in the same run. The targets of issue 3 are checked at the end.
+
+  python -m benchmarks.kernels                  # GPU: results/<device>.json/.md
+  python -m benchmarks.kernels --smoke --out D  # tiny, interpreted, CPU: D/
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from benchmarks import _report
+from benchmarks._results import RESULTS, write_results
+from benchmarks._sweep import sweep
+from benchmarks._timing import copy_bandwidth, gemm_paths, time_calls
+from benchmarks._xla_fp8 import xla_fp8_matmul
+from benchmarks.shapes import SHAPES
+from lowprec_jax.ops import (
+  _dispatch,
+  available_implementations,
+  fp8_block,
+  fp8_current,
+  jetfire_int8,
+  quantized_dot_general,
+)
+
+DIMS = (((1,), (0,)), ((), ()))
+RECIPES = {
+  "jetfire_int8": jetfire_int8(32),
+  "jetfire_int8_b128": jetfire_int8(128),
+  "fp8_current": fp8_current(),
+  "fp8_block": fp8_block(),
+}
+IMPLEMENTATIONS = ("xla", "pallas", "mosaic")
+MODES = ("fwd", "fwd_bwd")
+TARGET_SHAPE = "llama7b_mlp_up"
+SMOKE_SHAPES = (("smoke", 128, 256, 128),)
+
+
+def _linear(recipe: str | None, impl: str):
+  """f(x, w) for one column of the table."""
+  if impl == "bf16":
+    return lambda x, w: lax.dot_general(x, w, DIMS)
+  if impl == "xla_fp8":
+    return xla_fp8_matmul
+  config = RECIPES[recipe]
+  return lambda x, w: quantized_dot_general(
+    x, w, DIMS, config=config, implementation=impl, seed=0
+  )
+
+
+def _program(f, mode: str):
+  if mode == "fwd":
+    return jax.jit(f)
+
+  def fwd_bwd(x, w, g):
+    out, vjp = jax.vjp(f, x, w)
+    return out, vjp(g)
+
+  return jax.jit(fwd_bwd)
+
+
+def _inputs(m, k, n):
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (m, k), jnp.bfloat16)
+  w = jax.random.normal(keys[1], (k, n), jnp.bfloat16) * (k**-0.5)
+  g = jax.random.normal(keys[2], (m, n), jnp.bfloat16)
+  return x, w, g
+
+
+def _cases(shapes, recipes, impls, modes, smoke: bool):
+  """(shape, recipe, impl, mode), most important first.
+
+  The target shape (and a smoke run) gets every implementation and mode; the
+  others get the baselines and ``mosaic`` forward + backward (the budget is
+  device time).
+  """
+  impls = [i for i in impls if i in available_implementations()]
+  for name, m, k, n in shapes:
+    full = smoke or name == TARGET_SHAPE
+    for mode in modes if full else [m_ for m_ in modes if m_ == "fwd_bwd"]:
+      yield name, m, k, n, None, "bf16", mode
+      if not smoke and "fp8_current" in recipes:
+        yield name, m, k, n, "fp8_current", "xla_fp8", mode
+      for recipe in recipes:
+        for impl in impls if full else [i for i in impls if i == "mosaic"]:
+          yield name, m, k, n, recipe, impl, mode
+
+
+def _measure_case(m, k, n, recipe, impl, mode, *, warmup, iters):
+  x, w, g = _inputs(m, k, n)
+  if impl not in ("bf16", "xla_fp8"):
+    try:
+      _dispatch.resolve(impl, RECIPES[recipe])
+    except NotImplementedError as e:
+      return {"status": f"unsupported: {e}"}
+  program = _program(_linear(recipe, impl), mode)
+  args = (x, w) if mode == "fwd" else (x, w, g)
+  start = time.perf_counter()
+  compiled = program.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  timing = time_calls(compiled, args, warmup=warmup, iters=iters)
+  flops = 2 * m * k * n * (1 if mode == "fwd" else 3)
+  peak = 990e12 if impl == "bf16" else 1979e12
+  tflops = flops / timing["median_s"] / 1e12
+  return {
+    "status": "ok",
+    **timing,
+    "compile_s": compile_s,
+    "tflops": tflops,
+    "pct_peak": 100 * tflops * 1e12 / peak,
+    "gemm_paths": gemm_paths(compiled.as_text()),
+  }
+
+
+def _quantize_rows(shapes, recipes, impls, *, warmup, iters, copy):
+  """Each implementation's forward-lhs quantize, against the copy."""
+  rows = []
+  name, m, k, _ = shapes[0]
+  x = _inputs(m, k, 8)[0].reshape(1, m, k)
+  for impl in impls:
+    if impl not in available_implementations():
+      continue
+    runner = _dispatch.get(impl)
+    if getattr(runner, "quantizer", impl) != impl:
+      continue  # quantizes with another implementation's code: same row
+    for recipe in recipes:
+      want = RECIPES[recipe].fwd.lhs
+      row = {"shape": name, "impl": impl, "recipe": recipe}
+      if not hasattr(runner, "quantize"):
+        rows.append({**row, "status": "unavailable: no quantize step"})
+        continue
+      fn = jax.jit(lambda v, r=runner, q=want: r.quantize(v, q, None))
+      try:
+        out = jax.block_until_ready(fn(x))
+      except NotImplementedError as e:
+        rows.append({**row, "status": f"unsupported: {e}"})
+        continue
+      moved = x.nbytes + sum(leaf.nbytes for leaf in jax.tree.leaves(out))
+      t = time_calls(fn, (x,), warmup=warmup, iters=iters)
+      bandwidth = moved / t["median_s"]
+      rows.append(
+        {
+          **row,
+          "status": "ok",
+          **t,
+          "bytes": moved,
+          "bytes_per_s": bandwidth,
+          "fraction_of_copy": bandwidth / copy["bytes_per_s"],
+        }
+      )
+  return rows
+
+
+def run(
+  smoke: bool,
+  budget_s: float,
+  warmup: int,
+  iters: int,
+  recipes=tuple(RECIPES),
+  impls=IMPLEMENTATIONS,
+  modes=MODES,
+  sweep_s: float = 0.0,
+) -> dict:
+  shapes = SMOKE_SHAPES if smoke else SHAPES
+  target = [s for s in shapes if s[0] == TARGET_SHAPE]
+  ordered = target + [s for s in shapes if s[0] != TARGET_SHAPE]
+  deadline = time.perf_counter() + budget_s
+  rows = []
+  cases = _cases(ordered, recipes, impls, modes, smoke)
+  for name, m, k, n, recipe, impl, mode in cases:
+    row = dict(shape=name, m=m, k=k, n=n, recipe=recipe, impl=impl, mode=mode)
+    if time.perf_counter() > deadline:
+      rows.append({**row, "status": "skipped: time budget"})
+      continue
+    try:
+      row.update(
+        _measure_case(m, k, n, recipe, impl, mode, warmup=warmup, iters=iters)
+      )
+    except Exception as e:  # one failing case must not end the run
+      row["status"] = f"error: {type(e).__name__}: {str(e)[:300]}"
+    print(_report.progress_line(row), flush=True)
+    rows.append(row)
+  _report.add_ratios(rows)
+  copy_bytes = 2**20 if smoke else 2**30
+  copy = copy_bandwidth(copy_bytes, warmup=warmup, iters=iters)
+  quantize = _quantize_rows(
+    ordered, recipes, impls, warmup=warmup, iters=iters, copy=copy
+  )
+  _, m, k, n = ordered[0]
+  clock = time.perf_counter
+  tiles = sweep(
+    m, k, n, warmup=warmup, iters=iters, deadline=clock() + sweep_s, clock=clock
+  )
+  targets = _report.target_checks(
+    rows, quantize, ordered[0][0] if smoke else TARGET_SHAPE
+  )
+  if smoke:  # interpreted kernels on a CPU say nothing about the targets
+    for t in targets:
+      t["passed"] = None
+  return {
+    "smoke": smoke,
+    "note": (
+      "SMOKE RUN: tiny shapes, interpreted kernels on a CPU; NOT a speed claim"
+      if smoke
+      else "device timings (median of synchronized calls after warm-up)"
+    ),
+    "rows": rows,
+    "copy": copy,
+    "quantize": quantize,
+    "tile_sweep": tiles,
+    "targets": targets,
+  }
+
+
+def _device_stem() -> str:
+  kind = jax.devices()[0].device_kind
+  return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--smoke", action="store_true")
+  parser.add_argument("--out", type=pathlib.Path, default=None)
+  parser.add_argument("--budget-s", type=float, default=300.0)
+  parser.add_argument("--sweep-s", type=float, default=None)
+  parser.add_argument("--warmup", type=int, default=None)
+  parser.add_argument("--iters", type=int, default=None)
+  parser.add_argument("--recipes", default=",".join(RECIPES))
+  parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS))
+  parser.add_argument("--modes", default=",".join(MODES))
+  args = parser.parse_args(argv)
+  if args.smoke and args.out is None:
+    parser.error("--smoke needs --out: smoke results never go to results/")
+  warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 3)
+  iters = args.iters if args.iters is not None else (1 if args.smoke else 20)
+  result = run(
+    args.smoke,
+    args.budget_s,
+    warmup,
+    iters,
+    recipes=args.recipes.split(","),
+    impls=args.impls.split(","),
+    modes=args.modes.split(","),
+    sweep_s=args.sweep_s
+    if args.sweep_s is not None
+    else (0 if args.smoke else 60),
+  )
+  argv = sys.argv[1:] if argv is None else list(argv)
+  stem = ("smoke_" if args.smoke else "") + _device_stem()
+  write_results(
+    stem,
+    "benchmarks.kernels",
+    argv,
+    result,
+    _report.markdown,
+    out_dir=args.out or RESULTS,
+  )
+  print(json.dumps(result["targets"], indent=1))
+
+
+if __name__ == "__main__":
+  main()

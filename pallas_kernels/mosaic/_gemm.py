@@ -1,0 +1,308 @@
+"""The Hopper kernel behind every scaled 8-bit GEMM: TMA, wgmma, promotion.
+
+For K-major operands ``a`` (B, M, K) and ``b`` (B, N, K) of int8 or fp8
+codes, and fp32 scales given per row and per K chunk, ``sa`` (B, C, M) and
+``sb`` (B, C, N):
+
+    P_j[b, m, n] = sum_{k in chunk j} a[b, m, k] * b[b, n, k]
+    out[b, m, n] = sum_j (P_j[b, m, n] * sa[b, j, m]) * sb[b, j, n]
+
+``P_j`` comes from ``wgmma`` into a fresh int32 (int8) or fp32 (fp8)
+accumulator, exact for int8; the rescale and the sum over chunks run in fp32,
+in exactly this order, which is the order of the ``"xla"`` implementation.
+With ``chunk=None`` there is one chunk spanning K (C = 1): one accumulator
+over all of K and the scales applied once in the epilogue (per-tensor and
+per-row scales).
+
+Structure (as jax's ``hopper_matmul_mgpu``): a persistent grid of one CTA per
+SM walks the output tiles; in each CTA a memory warpgroup streams
+``tile_k``-wide slices of both operands (and the scale rows) through a
+``max_concurrent_steps``-deep TMA pipeline, and two compute warpgroups each
+run ``wgmma`` on their half of the CTA tile. While one compute warpgroup
+promotes its partial sum (int32 -> fp32, two multiplies, one add), the other
+can use the tensor cores. The epilogue converts the fp32 tile to the output
+dtype in SMEM slots and stores it with TMA, overlapped with the next tile.
+
+Out-of-range reads (ragged M, N, K tails inside the arrays' TMA-aligned
+shape) are zero-filled by TMA, so they add nothing to any sum; out-of-range
+rows and columns of the output are clipped by the TMA store.
+"""
+
+import functools
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels._common import cdiv
+from pallas_kernels.mosaic import _hw, _operands
+from pallas_kernels.mosaic._config import (
+  TuningConfig,
+  check_config,
+  default_config,
+)
+
+_ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
+_COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
+MEMORY_REGISTERS = 40
+
+
+def _transforms(swizzle: int, itemsize: int):
+  return (
+    plgpu.TilingTransform((8, swizzle // itemsize)),
+    plgpu.SwizzleTransform(swizzle),
+  )
+
+
+def out_swizzle(epi_tile_n: int, itemsize: int) -> int:
+  """Swizzle of an epilogue tile (the TMA store needs N a multiple of it)."""
+  return plgpu.find_swizzle(epi_tile_n * itemsize * 8, "epilogue tile")
+
+
+def scaled_matmul(
+  a_q, a_s, a_tile, b_q, b_s, b_tile, *, out_dtype, interpret, config, name
+) -> jax.Array:
+  """(B, M, N) from raw codes and ``QTensor``-shaped scales of any tiles.
+
+  Pads the codes to TMA-aligned shapes (no copy when aligned), expands the
+  scales to rows per K chunk, picks the swizzle and (unless given) the
+  config, runs :func:`scaled_gemm` and drops the padding.
+  """
+  batch, m, k = a_q.shape
+  n = b_q.shape[1]
+  chunk = _operands.promotion_chunk(a_tile, b_tile, k)
+  config = config or default_config(
+    promoted=chunk is not None,
+    n_sub=_operands.sub_chunks(chunk),
+    out_itemsize=jnp.dtype(out_dtype).itemsize,
+  )
+  a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
+  rows = functools.partial(_operands.scale_rows, batch=batch, k=k, chunk=chunk)
+  out = scaled_gemm(
+    a,
+    b,
+    rows(a_s, a_tile, rows=m, padded_rows=_operands.round_up(m, config.cta_m)),
+    rows(b_s, b_tile, rows=n, padded_rows=_operands.round_up(n, config.cta_n)),
+    chunk=chunk,
+    swizzle=_operands.choose_swizzle(a.shape[2], chunk),
+    out_dtype=out_dtype,
+    config=config,
+    interpret=interpret,
+    name=name,
+  )
+  return out[:, :m, :n]
+
+
+def scaled_gemm(
+  a: jax.Array,
+  b: jax.Array,
+  sa: jax.Array,
+  sb: jax.Array,
+  *,
+  chunk: int | None,
+  swizzle: int,
+  out_dtype,
+  config: TuningConfig,
+  interpret,
+  name: str,
+) -> jax.Array:
+  """Runs the kernel on TMA-aligned operands (see ``_operands``).
+
+  Args:
+    a, b: (B, M, K) and (B, N, K) int8 / fp8 codes; M, N multiples of 8, K a
+      multiple of ``swizzle``.
+    sa, sb: (B, C, Ms) and (B, C, Ns) fp32 scales, Ms and Ns covering whole
+      CTA tiles; C = cdiv(K, chunk) (1 when ``chunk`` is None).
+    chunk: K elements per promotion (divides ``config.tile_k``), or None.
+    swizzle: bytes; ``chunk`` (when promoting) is a multiple of it.
+    out_dtype: float32 or bfloat16 (or float16).
+    config: tiles; checked against the hardware rules first.
+    interpret: see ``_hw.interpret_params``.
+    name: the kernel's name in profiles.
+
+  Returns:
+    (B, M, No) in ``out_dtype``, No = N rounded up to the epilogue swizzle.
+  """
+  batch, m, k = a.shape
+  n = b.shape[1]
+  promoted = chunk is not None
+  n_sub = config.tile_k // chunk if promoted else 1
+  out_itemsize = jnp.dtype(out_dtype).itemsize
+  check_config(config, swizzle=swizzle, chunk=chunk, out_itemsize=out_itemsize)
+  params = _hw.interpret_params(interpret)
+  o_swizzle = out_swizzle(config.epi_tile_n, out_itemsize)
+  n_out = -(-n // (o_swizzle // out_itemsize)) * (o_swizzle // out_itemsize)
+  body = functools.partial(
+    _kernel,
+    config=config,
+    chunk=chunk,
+    n_sub=n_sub,
+    swizzle=swizzle,
+    acc_dtype=jnp.int32 if a.dtype == jnp.int8 else jnp.float32,
+    out_dtype=jnp.dtype(out_dtype),
+    tiles=(batch, cdiv(m, config.cta_m), cdiv(n, config.cta_n)),
+  )
+  c = config
+  kernel = plgpu.kernel(
+    body,
+    out_type=jax.ShapeDtypeStruct((batch, m, n_out), out_dtype),
+    scratch_types=dict(
+      o_smem=plgpu.SMEM(
+        (2, 2, c.wg_tile_m, c.epi_tile_n),
+        out_dtype,
+        transforms=_transforms(o_swizzle, out_itemsize),
+      )
+    ),
+    grid=(_hw.num_sms(params is not None, c.num_sms),),
+    grid_names=("sm",),
+    num_threads=3,
+    thread_name="wg",
+    compiler_params=_hw.compiler_params(),
+    interpret=params,
+    kernel_name=name,
+  )
+  return kernel(a, b, sa, sb)
+
+
+def _kernel(
+  a_g,
+  b_g,
+  sa_g,
+  sb_g,
+  o_g,
+  o_smem,
+  *,
+  config: TuningConfig,
+  chunk,
+  n_sub,
+  swizzle,
+  acc_dtype,
+  out_dtype,
+  tiles,
+):
+  c = config
+  batch, m_tiles, n_tiles = tiles
+  k_steps = cdiv(a_g.shape[2], c.tile_k)
+  promoted = chunk is not None
+  operand = _transforms(swizzle, 1)
+  in_specs = [
+    plgpu.BlockSpec((c.cta_m, c.tile_k), lambda k: (0, k), transforms=operand),
+    plgpu.BlockSpec((c.cta_n, c.tile_k), lambda k: (0, k), transforms=operand),
+  ]
+  if promoted:
+    in_specs += [
+      plgpu.BlockSpec((n_sub, c.cta_m), lambda k: (k, 0)),
+      plgpu.BlockSpec((n_sub, c.cta_n), lambda k: (k, 0)),
+    ]
+
+  def pipeline(step, context):
+    return plgpu.emit_pipeline_warp_specialized(
+      step,
+      grid=(k_steps,),
+      memory_registers=MEMORY_REGISTERS,
+      in_specs=in_specs,
+      wg_axis="wg",
+      num_compute_wgs=2,
+      max_concurrent_steps=c.max_concurrent_steps,
+      compute_context=context,
+    )
+
+  def cta_refs(bi, cm, cn):
+    refs = [a_g.at[bi, cm, :], b_g.at[bi, cn, :]]
+    if promoted:
+      refs += [sa_g.at[bi, :, cm], sb_g.at[bi, :, cn]]
+    return refs
+
+  def ignore(*args, **kwargs):
+    del args, kwargs
+
+  first = cta_refs(0, pl.ds(0, c.cta_m), pl.ds(0, c.cta_n))
+  allocations = pipeline(ignore, ignore).get_allocations(*first)
+
+  def scope(allocs):
+    wg = lax.axis_index("wg")
+    wm = (
+      pl.ds(wg * c.wg_tile_m, c.wg_tile_m)
+      if c.wg_dimension == "m"
+      else (slice(None))
+    )
+    wn = (
+      pl.ds(wg * c.tile_n, c.tile_n) if c.wg_dimension == "n" else (slice(None))
+    )
+
+    @plgpu.nd_loop((batch * m_tiles * n_tiles,), collective_axes="sm")
+    def _tile(info):
+      (linear,) = info.index
+      bi = linear // (m_tiles * n_tiles)
+      mi, ni = plgpu.planar_snake(
+        linear % (m_tiles * n_tiles), (m_tiles, n_tiles), 1, c.grid_tile_width
+      )
+      cm = pl.ds(mi * c.cta_m, c.cta_m)
+      cn = pl.ds(ni * c.cta_n, c.cta_n)
+      wg_out = o_g.at[bi].at[cm, cn].at[wm, wn]
+
+      def promote_step(_, a_s, b_s, sa_s, sb_s, carry):
+        for j in range(n_sub):
+          ks = pl.ds(j * chunk, chunk)
+
+          def mma(acc, ks=ks):
+            plgpu.wgmma(acc, a_s.at[wm, ks], b_s.at[wn, ks].T)
+            return acc[...]
+
+          p = pl.run_scoped(mma, plgpu.ACC((c.wg_tile_m, c.tile_n), acc_dtype))
+          s_a = plgpu.load(sa_s.at[j, wm], layout=_ROW)
+          s_b = plgpu.load(sb_s.at[j, wn], layout=_COL)
+          carry = carry + p.astype(jnp.float32) * s_a[:, None] * s_b[None, :]
+        return carry
+
+      def promote_context(run):
+        zeros = jnp.zeros((c.wg_tile_m, c.tile_n), jnp.float32)
+        out = run(plgpu.layout_cast(zeros, plgpu.Layout.WGMMA))
+        _store(out, wg_out, o_smem.at[wg], c, out_dtype)
+
+      def accumulate_step(_, a_s, b_s, acc):
+        plgpu.wgmma(acc, a_s.at[wm], b_s.at[wn].T)
+        plgpu.wgmma_wait(0)
+        return acc
+
+      def accumulate_context(run):
+        def with_acc(acc):
+          run(acc)
+          return acc[...]
+
+        acc_type = plgpu.ACC((c.wg_tile_m, c.tile_n), acc_dtype)
+        p = pl.run_scoped(with_acc, acc_type).astype(jnp.float32)
+        s_a = plgpu.load(
+          sa_g.at[bi, 0, cm].at[wm], layout=_ROW, optimized=False
+        )
+        s_b = plgpu.load(
+          sb_g.at[bi, 0, cn].at[wn], layout=_COL, optimized=False
+        )
+        out = p * s_a[:, None] * s_b[None, :]
+        _store(out, wg_out, o_smem.at[wg], c, out_dtype)
+
+      if promoted:
+        step, context = promote_step, promote_context
+      else:
+        step, context = accumulate_step, accumulate_context
+      pipeline(step, context)(*cta_refs(bi, cm, cn), allocations=allocs)
+
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+  pl.run_scoped(scope, allocations, collective_axes="wg")
+
+
+def _store(out, wg_out, slots, c: TuningConfig, out_dtype):
+  """Epilogue: fp32 tile -> out dtype -> two SMEM slots -> TMA stores."""
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+  for e in range(c.tile_n // c.epi_tile_n):
+    cols = slice(e * c.epi_tile_n, (e + 1) * c.epi_tile_n)
+    slot = e % 2
+    plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+    slots[slot] = out[:, cols].astype(out_dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(
+      slots.at[slot], wg_out.at[:, pl.ds(e * c.epi_tile_n, c.epi_tile_n)]
+    )

@@ -1,0 +1,109 @@
+"""Operands in the shape the Hopper kernel wants: TMA-aligned codes, scale rows.
+
+TMA copies tiles of an array only when each tiled dimension is a multiple of
+its tile (8 rows; the swizzle along K), so codes are zero-padded to
+
+    M -> round_up(M, 8),  N -> round_up(N, 8),  K -> round_up(K, 32)
+
+and nothing is copied when the shape is already aligned (every real model
+shape is). Zero codes add nothing to any sum, and the kernel's ragged CTA
+tiles beyond these shapes are zero-filled by TMA itself.
+
+Scales arrive shaped like ``QTensor.scale`` for their tile and leave as one
+fp32 row per K chunk, ``(B, C, R)``: element ``[b, j, r]`` is the scale of row
+``r`` in chunk ``j`` (``C`` = 1 without promotion). Rows are padded with
+zeros to whole CTA tiles so that the epilogue's plain loads never leave the
+array. This expansion is a small XLA op: ``C * R`` floats per operand.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels._common import cdiv
+from pallas_kernels.mosaic._config import SWIZZLES
+
+ROW_ALIGN = 8  # TMA tile rows
+K_ALIGN = 32  # the smallest 8-bit swizzle (bytes = elements)
+
+Tile = tuple[int | None, int | None] | None
+
+
+def round_up(x: int, multiple: int) -> int:
+  return cdiv(x, multiple) * multiple
+
+
+def contraction_tile(tile: Tile) -> int | None:
+  """K elements sharing a scale (None: all of K)."""
+  return None if tile is None else tile[1]
+
+
+def promotion_chunk(a_tile: Tile, b_tile: Tile, k: int) -> int | None:
+  """K elements per promoted partial sum: the finer contraction tile.
+
+  None when both operands' scales span all of K (per-tensor, per-row), or
+  when the finer tile covers all of K anyway (one chunk, as in ``"xla"``).
+  """
+  tiles = [t for t in map(contraction_tile, (a_tile, b_tile)) if t]
+  tiles = [t for t in tiles if t < k]
+  return min(tiles) if tiles else None
+
+
+def sub_chunks(chunk: int | None, tile_k: int = 128) -> int:
+  """Promotions per pipeline step of ``tile_k``."""
+  return 1 if chunk is None else tile_k // chunk
+
+
+def choose_swizzle(k_padded: int, chunk: int | None) -> int:
+  """The widest swizzle dividing K (and a promotion chunk's K slices)."""
+  for swizzle in SWIZZLES:
+    if k_padded % swizzle == 0 and (chunk is None or chunk % swizzle == 0):
+      return swizzle
+  raise AssertionError(f"K={k_padded} is padded to a multiple of {K_ALIGN}")
+
+
+def pad_codes(q: jax.Array) -> jax.Array:
+  """Zero-pads (B, R, K) codes to TMA-aligned R and K (no-op when aligned)."""
+  _, r, k = q.shape
+  pad_r, pad_k = round_up(r, ROW_ALIGN) - r, round_up(k, K_ALIGN) - k
+  if pad_r == 0 and pad_k == 0:
+    return q
+  return jnp.pad(q, ((0, 0), (0, pad_r), (0, pad_k)))
+
+
+def scale_rows(
+  scale: jax.Array,
+  tile: Tile,
+  *,
+  batch: int,
+  rows: int,
+  k: int,
+  chunk: int | None,
+  padded_rows: int,
+) -> jax.Array:
+  """(B, C, padded_rows) fp32: the scale of every row in every K chunk.
+
+  Args:
+    scale: the operand's scale grid (``QTensor.scale`` layout).
+    tile: its tile: None, (1, None), (1, G) or (S, S).
+    batch, rows, k: the operand is (batch, rows, k).
+    chunk: the promotion chunk (None: one chunk over all of K).
+    padded_rows: rows after padding to whole CTA tiles.
+  """
+  scale = scale.astype(jnp.float32)
+  if tile is not None and tile[0] not in (None, 1):
+    scale = jnp.repeat(scale, tile[0], axis=1)[:, :rows, :]
+  n_chunks = 1 if chunk is None else cdiv(k, chunk)
+  t = contraction_tile(tile)
+  if t is None or scale.shape[2] == 1:
+    cols = jnp.zeros((n_chunks,), jnp.int32)
+  else:
+    cols = (jnp.arange(n_chunks, dtype=jnp.int32) * chunk) // t
+  picked = jnp.take(scale, cols, axis=2)  # (B or 1, rows or 1, C)
+  picked = jnp.broadcast_to(picked, (batch, rows, n_chunks))
+  rows_last = jnp.swapaxes(picked, 1, 2)
+  return lax.pad(
+    rows_last,
+    jnp.float32(0),
+    ((0, 0, 0), (0, 0, 0), (0, padded_rows - rows, 0)),
+  )

@@ -1,0 +1,137 @@
+"""Block-scaled INT8 GEMM on Hopper (Mosaic GPU): the ``"mosaic"`` twin.
+
+Same contract as :func:`pallas_kernels.int8_matmul.int8_block_matmul`. For
+codes ``a_q`` (B, M, K) and ``b_q`` (B, N, K) quantized in square
+``block x block`` tiles with scales ``a_s`` (B, cdiv(M, block),
+cdiv(K, block)) and ``b_s`` (B, cdiv(N, block), cdiv(K, block)):
+
+    out[b, m, n] = sum_j (P_j * a_s[b, m // block, j]) * b_s[b, n // block, j]
+    P_j = sum_{k in K block j} a_q[b, m, k] * b_q[b, n, k]   (exact int32)
+
+``P_j`` is an s8 x s8 -> s32 ``wgmma``; each K block's partial sum is
+promoted into an fp32 carry (``_gemm``). With ``block=32`` (Jetfire) a
+128-wide pipeline step holds four K blocks in 32-byte swizzled tiles and
+promotes four times; with ``block=128`` one ``wgmma`` per step covers the
+block and promotes once, a quarter of the promotion work.
+
+``out_block`` (the requantizing epilogue of Jetfire's forward and dgrad) is
+not supported: see ``OUT_BLOCK_UNSUPPORTED``.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels._common import cdiv
+from pallas_kernels._layout import describe
+from pallas_kernels.mosaic._config import TuningConfig
+from pallas_kernels.mosaic._gemm import scaled_matmul
+
+BLOCKS = (32, 64, 128)
+OUT_DTYPES = (
+  np.dtype(jnp.float32),
+  np.dtype(jnp.bfloat16),
+  np.dtype(jnp.float16),
+)
+OUT_BLOCK_UNSUPPORTED = (
+  "int8_block_matmul (mosaic) has no INT8-out epilogue (out_block): on jax "
+  "0.11.2 the per-block requantization of the fp32 tile (32x32 absmax via a "
+  "row reduction plus masked cross-warp reductions, the bit-exact scale and "
+  "reciprocal by integer long division, rounding, scale write-back) runs "
+  "bit-exactly in the GPU interpreter but does not lower for CUDA: Mosaic "
+  "GPU's layout inference fails on the scale write-back and, without it, "
+  "runs for minutes (superlinear in the number of unrolled scale "
+  "computations). Use out_dtype=float32 and quantize the result"
+)
+
+
+def check_int8_operands(a_q, a_s, b_q, b_s, block) -> None:
+  """Raises ValueError naming the first argument that breaks the contract."""
+  if block not in BLOCKS:
+    raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+  for name, q in (("a_q", a_q), ("b_q", b_q)):
+    if q.ndim != 3 or q.dtype != jnp.int8:
+      raise ValueError(
+        f"{name} has {describe(q)}; expected a 3-D (B, rows, K) int8 array"
+      )
+  if a_q.shape[0] != b_q.shape[0] or a_q.shape[2] != b_q.shape[2]:
+    raise ValueError(
+      f"a_q {describe(a_q)} and b_q {describe(b_q)} must share B and K"
+    )
+  batch, _, k = a_q.shape
+  for name, q, s in (("a_s", a_q, a_s), ("b_s", b_q, b_s)):
+    want = (batch, cdiv(q.shape[1], block), cdiv(k, block))
+    if tuple(s.shape) != want or s.dtype != jnp.float32:
+      raise ValueError(
+        f"{name} has {describe(s)}; expected float32 scales of shape {want} "
+        f"for {block}x{block} blocks"
+      )
+
+
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "block",
+    "out_dtype",
+    "out_block",
+    "out_rounding",
+    "interpret",
+    "config",
+  ),
+)
+def int8_block_matmul(
+  a_q: jax.Array,
+  a_s: jax.Array,
+  b_q: jax.Array,
+  b_s: jax.Array,
+  *,
+  block: int,
+  out_dtype=jnp.float32,
+  out_block: int | None = None,
+  out_rounding: str = "nearest",
+  seed=None,
+  interpret=None,
+  config: TuningConfig | None = None,
+):
+  """Block-scaled INT8 GEMM (see the module docstring).
+
+  Args:
+    a_q, a_s, b_q, b_s: codes and scales (the contract above).
+    block: 32, 64 or 128: the quantization block and the K block.
+    out_dtype: float32, bfloat16 or float16.
+    out_block, out_rounding, seed: the INT8-out epilogue of the contract;
+      ``out_block`` must be None here (``OUT_BLOCK_UNSUPPORTED``).
+    interpret: None (interpret without a GPU), a bool, or a
+      ``plgpu.InterpretGPUParams``.
+    config: tiles (default: ``default_config``).
+
+  Returns:
+    (B, M, N) in ``out_dtype``.
+
+  Raises:
+    NotImplementedError: for ``out_block`` (the reason above).
+  """
+  check_int8_operands(a_q, a_s, b_q, b_s, block)
+  if np.dtype(out_dtype) not in OUT_DTYPES:
+    raise ValueError(
+      f"out_dtype must be float32, bfloat16 or float16, got "
+      f"{np.dtype(out_dtype)}"
+    )
+  del out_rounding, seed  # only meaningful with out_block
+  if out_block is not None:
+    raise NotImplementedError(OUT_BLOCK_UNSUPPORTED)
+  tile = (block, block)
+  return scaled_matmul(
+    a_q,
+    a_s,
+    tile,
+    b_q,
+    b_s,
+    tile,
+    out_dtype=out_dtype,
+    interpret=interpret,
+    config=config,
+    name=f"lpj_mosaic_int8_block{block}_matmul",
+  )
