@@ -27,7 +27,7 @@ def _kernel(q_g, s_g, o_g, q_s, o_s, bar, *, block, cols, per_tensor):
   )
   for t in range(cols // block):
     sub = pl.ds(t * block, block)
-    q = plgpu.load(q_s.at[:, sub], (), layout=layout).astype(jnp.float32)
+    q = plgpu.load(q_s.at[:, sub], layout=layout).astype(jnp.float32)
     if per_tensor:
       scale = s_g[0, 0, 0]
     else:

@@ -164,7 +164,7 @@ def _kernel(*refs, plan: _Plan):
   for t in range(cols // s):
     sub = pl.ds(t * s, s)
     block_s = x_s.at[:, sub]
-    x = plgpu.load(block_s, (), layout=layout).astype(jnp.float32)
+    x = plgpu.load(block_s, layout=layout).astype(jnp.float32)
     block_j = j * (cols // s) + t
     if plan.mode == "absmax":
       m, ok = _block_max(x)
@@ -179,7 +179,7 @@ def _kernel(*refs, plan: _Plan):
     if plan.transpose:
       # Column-strided SMEM read: x^T of this block, one element per load.
       flipped = _strided(s, 1)
-      x_t = plgpu.load(block_s.T, (), layout=flipped).astype(jnp.float32)
+      x_t = plgpu.load(block_s.T, layout=flipped).astype(jnp.float32)
       qt_s[sub, :] = _codes(
         plan, x_t, inverse, ok, seed, row0, col0, flipped, True
       )
