@@ -234,6 +234,7 @@ def _launch(plan: _Plan, args, interpret, name):
 def _quantize_blocks(x, seed, *, plan: _Plan, interpret):
   args = [_pad(x, plan)] + ([] if seed is None else [seed])
   name = "lpj_mosaic_quantize_" + ("int8" if plan.grid.is_int8 else "fp8")
+  name += "_transpose" if plan.transpose else ""
   outs = _launch(plan, args, interpret, name)
   b, m, k = plan.shape
   nm, nk = cdiv(m, plan.block), cdiv(k, plan.block)
