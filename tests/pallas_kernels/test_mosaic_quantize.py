@@ -14,12 +14,12 @@ the library's GPU reciprocal, not about the kernels.
 import functools
 
 import jax
+import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-import jax.experimental.pallas.mosaic_gpu as plgpu
 from lowprec_jax.formats import Fp8, Int8Block, quantize
 from pallas_kernels import quantize as portable
 from pallas_kernels._rounding import reciprocal_rn
