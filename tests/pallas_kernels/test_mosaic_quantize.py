@@ -11,8 +11,6 @@ the library comparison is its own test: a failure there is a finding about
 the library's GPU reciprocal, not about the kernels.
 """
 
-import functools
-
 import jax
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
@@ -20,36 +18,20 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lowprec_jax.formats import Fp8, Int8Block, quantize
+from lowprec_jax.formats import Fp8, Int8Block
 from pallas_kernels import quantize as portable
 from pallas_kernels._rounding import reciprocal_rn
 from pallas_kernels.mosaic import quantize as Q
 from pallas_kernels.mosaic._reciprocal import corrected_reciprocal
 from tests.helpers import normal
 from tests.pallas_kernels.mosaic_support import ON_GPU, finished, races_found
+from tests.pallas_kernels.test_quantize import _bits, _library, assert_bitwise
 
 if ON_GPU:
   ALIGNED, RAGGED = (1, 2048, 4096), (2, 1000, 1000)
 else:
   ALIGNED, RAGGED = (1, 64, 256), (2, 70, 45)
 E4M3, E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
-
-
-def _bits(x) -> np.ndarray:
-  x = np.asarray(x)
-  return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
-
-
-def assert_bitwise(got, want):
-  got, want = np.asarray(got), np.asarray(want)
-  assert got.shape == want.shape and got.dtype == want.dtype
-  np.testing.assert_array_equal(_bits(got), _bits(want))
-
-
-@functools.partial(jax.jit, static_argnames=("fmt", "rounding"))
-def _library(x, seed, *, fmt, rounding):
-  qt = quantize(x, fmt, rounding=rounding, seed=seed)
-  return qt.qvalue, qt.scale
 
 
 def _with_specials(x):
