@@ -80,7 +80,7 @@ def target_checks(rows, quantize, shape) -> list[dict]:
     got = q.get("fraction_of_copy")
     checks.append(
       {
-        "target": f"{q['impl']} quantize ({q['recipe']}) >= "
+        "target": f"{q['impl']} {q.get('step', 'quantize')} ({q['recipe']}) >= "
         f"{COPY_FRACTION_TARGET:.0%} of copy bandwidth",
         "value": got,
         "passed": None if got is None else got >= COPY_FRACTION_TARGET,
@@ -139,7 +139,8 @@ def markdown(result: dict, info: dict) -> str:
   for q in result["quantize"]:
     if q["status"] == "ok":
       out.append(
-        f"| {q['recipe']} | {q['impl']} | {1e3 * q['median_s']:.3f} | "
+        f"| {q['recipe']} {q.get('step', '')} | {q['impl']} | "
+        f"{1e3 * q['median_s']:.3f} | "
         f"{q['bytes_per_s'] / 1e9:.0f} | {q['fraction_of_copy']:.0%} |"
       )
     else:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole H200 check in one call: environment facts, the Mosaic kernel
-# tests compiled on the GPU (realistic shapes), then the kernel benchmark.
+# The whole H200 check in one call: environment facts, the kernel tests
+# compiled on the GPU (Mosaic kernels on realistic shapes, the portable
+# Triton kernels, the op implementations), then the kernel benchmark.
 #
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh          # on the H200, $OUT set
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh --dry    # on a CPU: interpreted
@@ -54,18 +55,21 @@ phase env 60 bash -c "$ENV_FACTS"
 
 TESTS=(tests/pallas_kernels/test_mosaic_int8_matmul.py
   tests/pallas_kernels/test_mosaic_fp8_matmul.py
-  tests/pallas_kernels/test_mosaic_lowering.py)
-if [[ -f tests/ops/test_mosaic_gemm.py ]]; then
-  TESTS+=(tests/ops/test_mosaic_gemm.py)
-fi
-phase tests 180 "$PY" -m pytest -q -rA -p no:cacheprovider "${TESTS[@]}"
+  tests/pallas_kernels/test_mosaic_quantize.py
+  tests/pallas_kernels/test_mosaic_lowering.py
+  tests/ops/test_mosaic_gemm.py
+  tests/pallas_kernels/test_quantize.py
+  tests/pallas_kernels/test_int8_matmul.py
+  tests/pallas_kernels/test_fp8_matmul.py
+  tests/ops/test_implementations.py)
+phase tests 240 "$PY" -m pytest -q -rA -p no:cacheprovider "${TESTS[@]}"
 
 if [[ $DRY -eq 1 ]]; then
-  phase bench 300 "$PY" -m benchmarks.kernels --smoke --out "$OUT" \
+  phase bench 270 "$PY" -m benchmarks.kernels --smoke --out "$OUT" \
     --recipes fp8_current --modes fwd
 else
-  phase bench 300 "$PY" -m benchmarks.kernels --out "$OUT" --budget-s 170 \
-    --sweep-s 50
+  phase bench 270 "$PY" -m benchmarks.kernels --out "$OUT" --budget-s 150 \
+    --sweep-s 45
 fi
 
 {

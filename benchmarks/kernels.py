@@ -136,8 +136,29 @@ def _measure_case(m, k, n, recipe, impl, mode, *, warmup, iters):
   }
 
 
+def _quantize_steps(runner, recipe):
+  """(label, function of x) for each quantize step timed for ``recipe``:
+  the forward lhs, and for INT8 the fused quantize+transpose of g."""
+  want = RECIPES[recipe].fwd.lhs
+  steps = [("quantize", lambda v, r=runner, q=want: r.quantize(v, q, None))]
+  if recipe.startswith("jetfire") and hasattr(
+    runner, "quantize_with_transpose"
+  ):
+    steps.append(
+      (
+        "quantize+transpose",
+        lambda v, r=runner, q=want: r.quantize_with_transpose(v, q, None),
+      )
+    )
+  return steps
+
+
 def _quantize_rows(shapes, recipes, impls, *, warmup, iters, copy):
-  """Each implementation's forward-lhs quantize, against the copy."""
+  """Each implementation's quantize steps, against the copy.
+
+  A row is labelled with the code that ran (``quantizer_for``); steps an
+  implementation delegates to another's quantizer are not timed twice.
+  """
   rows = []
   name, m, k, _ = shapes[0]
   x = _inputs(m, k, 8)[0].reshape(1, m, k)
@@ -148,31 +169,39 @@ def _quantize_rows(shapes, recipes, impls, *, warmup, iters, copy):
     if getattr(runner, "quantizer", impl) != impl:
       continue  # quantizes with another implementation's code: same row
     for recipe in recipes:
-      want = RECIPES[recipe].fwd.lhs
+      fmt = RECIPES[recipe].fwd.lhs.format
+      quantizer = getattr(runner, "quantizer_for", lambda f, i=impl: i)(fmt)
       row = {"shape": name, "impl": impl, "recipe": recipe}
+      if quantizer != impl:
+        rows.append({**row, "status": f"runs the {quantizer} quantizer"})
+        continue
       if not hasattr(runner, "quantize"):
         rows.append({**row, "status": "unavailable: no quantize step"})
         continue
-      fn = jax.jit(lambda v, r=runner, q=want: r.quantize(v, q, None))
-      try:
-        out = jax.block_until_ready(fn(x))
-      except NotImplementedError as e:
-        rows.append({**row, "status": f"unsupported: {e}"})
-        continue
-      moved = x.nbytes + sum(leaf.nbytes for leaf in jax.tree.leaves(out))
-      t = time_calls(fn, (x,), warmup=warmup, iters=iters)
-      bandwidth = moved / t["median_s"]
-      rows.append(
-        {
-          **row,
-          "status": "ok",
-          **t,
-          "bytes": moved,
-          "bytes_per_s": bandwidth,
-          "fraction_of_copy": bandwidth / copy["bytes_per_s"],
-        }
-      )
+      for step, fn in _quantize_steps(runner, recipe):
+        rows.append(
+          _quantize_row({**row, "step": step}, fn, x, copy, warmup, iters)
+        )
   return rows
+
+
+def _quantize_row(row, fn, x, copy, warmup, iters) -> dict:
+  fn = jax.jit(fn)
+  try:
+    out = jax.block_until_ready(fn(x))
+  except NotImplementedError as e:
+    return {**row, "status": f"unsupported: {e}"}
+  moved = x.nbytes + sum(leaf.nbytes for leaf in jax.tree.leaves(out))
+  t = time_calls(fn, (x,), warmup=warmup, iters=iters)
+  bandwidth = moved / t["median_s"]
+  return {
+    **row,
+    "status": "ok",
+    **t,
+    "bytes": moved,
+    "bytes_per_s": bandwidth,
+    "fraction_of_copy": bandwidth / copy["bytes_per_s"],
+  }
 
 
 def run(

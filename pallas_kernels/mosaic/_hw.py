@@ -45,3 +45,9 @@ def compiler_params() -> plgpu.CompilerParams:
   return plgpu.CompilerParams(
     lowering_semantics=plgpu.LoweringSemantics.Warpgroup
   )
+
+
+def lane_params() -> plgpu.CompilerParams:
+  """Lane semantics: the layouts the kernel names are the layouts used
+  (the elementwise quantize kernels pick strided layouts themselves)."""
+  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)

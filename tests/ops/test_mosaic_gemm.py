@@ -1,11 +1,13 @@
 """``quantized_dot_general(..., implementation="mosaic")`` against ``"xla"``.
 
-The ``"mosaic"`` implementation quantizes with the jnp reference (bit-equal
-to ``"xla"``) and multiplies with the Hopper kernels: through the Mosaic GPU
+The ``"mosaic"`` implementation quantizes with the Mosaic quantize kernels
+(bit-equal to ``"xla"``'s jnp quantizer; jnp itself for tiles without a
+kernel) and multiplies with the Hopper kernels: through the Mosaic GPU
 interpreter on CPU, compiled on a GPU.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +94,27 @@ def test_census_records_mosaic_gemms():
     "float8_e4m3fn",
     "float32",
   )
+
+
+@pytest.mark.parametrize(
+  "recipe, kernels",
+  [
+    ("jetfire_int8", {"quantize_int8", "quantize_int8_transpose"}),
+    ("fp8_current", {"quantize_fp8"}),
+  ],
+)
+def test_quantizes_with_the_mosaic_kernels(recipe, kernels):
+  """Forward operands through the quantize kernel; g of the INT8 recipes
+  through the fused quantize+transpose kernel (one quantization, both
+  backward GEMMs)."""
+  x, w = jnp.ones((M, K)), jnp.ones((K, N))
+  text = str(
+    jax.make_jaxpr(_value_and_grads, static_argnums=(0, 1))(
+      RECIPES[recipe], "mosaic", x, w
+    )
+  )
+  names = set(re.findall(r"lpj_mosaic_(quantize\w*)", text))
+  assert names == kernels
 
 
 def test_none_picks_xla_on_cpu_and_mosaic_is_registered():

@@ -15,6 +15,7 @@ import pytest
 
 from pallas_kernels._common import cuda_lowering
 from pallas_kernels.mosaic import TuningConfig, default_config
+from pallas_kernels.mosaic import quantize as mosaic_quantize
 from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
 from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 
@@ -162,3 +163,51 @@ def test_benchmark_sweep_configs_lower():
         )
         args = _fp8_args(SHAPE, a_tile, b_tile, jnp.float8_e4m3fn)
       assert CUSTOM_CALL in _lowered_text(fn, *args), (kernel, config)
+
+
+QUANTIZE_SHAPE = (1, 256, 512)  # B, M, K: several CTA bands
+
+
+@pytest.mark.parametrize("block", [32, 64, 128])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_quantize_int8_block_with_transpose_lowers(block, rounding):
+  fn = lambda x: mosaic_quantize.quantize_int8_block(  # noqa: E731
+    x, block=block, rounding=rounding, seed=3, transpose=True, interpret=False
+  )
+  x = jnp.zeros(QUANTIZE_SHAPE, jnp.bfloat16)
+  assert CUSTOM_CALL in _lowered_text(fn, x)
+
+
+@pytest.mark.parametrize("tile", [None, (32, 32), (128, 128)])
+@pytest.mark.parametrize("dtype", [jnp.float8_e4m3fn, jnp.float8_e5m2])
+def test_quantize_fp8_lowers(tile, dtype):
+  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
+    x, dtype=dtype, tile=tile, rounding="stochastic", seed=1, interpret=False
+  )
+  x = jnp.zeros(QUANTIZE_SHAPE, jnp.float32)
+  assert CUSTOM_CALL in _lowered_text(fn, x)
+
+
+@pytest.mark.parametrize(
+  "tile,code_dtype",
+  [
+    (None, jnp.float8_e4m3fn),
+    ((128, 128), jnp.float8_e5m2),
+    ((32, 32), jnp.int8),
+  ],
+)
+def test_dequantize_lowers(tile, code_dtype):
+  b, m, k = QUANTIZE_SHAPE
+  s = (1, 1, 1) if tile is None else (b, m // tile[0], k // tile[0])
+  fn = lambda q, s: mosaic_quantize.dequantize(  # noqa: E731
+    q, s, tile=tile, out_dtype=jnp.bfloat16, interpret=False
+  )
+  args = (jnp.zeros(QUANTIZE_SHAPE, code_dtype), jnp.ones(s, jnp.float32))
+  assert CUSTOM_CALL in _lowered_text(fn, *args)
+
+
+def test_ragged_quantize_lowers():
+  fn = lambda x: mosaic_quantize.quantize_int8_block(  # noqa: E731
+    x, block=32, transpose=True, interpret=False
+  )
+  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros((2, 70, 45), jnp.float16))

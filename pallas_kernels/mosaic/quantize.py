@@ -1,0 +1,377 @@
+"""Quantize and dequantize on Hopper (Mosaic GPU): the ``"mosaic"`` twins.
+
+Same contracts and bits as :mod:`pallas_kernels.quantize` (and so as
+``lowprec_jax.formats.quantize``): for x (B, M, K), a scale tile and the
+grid maximum ``qmax``,
+
+    scale = clip(absmax * RN(1 / qmax), 2^-126, max_scale)   (1 if absmax
+            is 0; NaN, with codes 0, if the tile holds NaN or inf)
+    q     = round(x * RN(1 / scale))   RTN, or SR with the shared hash at
+                                       the global (b * M + m, k)
+
+Each CTA (one warpgroup) copies a ``block x cols`` band of x into SMEM with
+TMA, walks its ``block x block`` sub-blocks in registers (strided layout:
+whole-block max reduction, then elementwise), writes codes into SMEM and
+stores the band with TMA; scales are stored directly, one scalar per block.
+With ``transpose=True`` the same program also reads each sub-block
+transposed from SMEM (a column-strided load) and writes its codes, hashed at
+their original coordinates, to ``q_t`` (B, K, M): the same quantization.
+``RN(1 / scale)`` is ``1 / scale`` corrected exactly (:mod:`._reciprocal`):
+Mosaic GPU's ``/`` is ``div.full.f32``.
+
+Tiles: INT8 and FP8 ``(S, S)`` blocks in one pass; FP8 per-tensor (``None``)
+in two stages (a kernel writes every block's finite max, or inf for NaN/inf;
+XLA reduces that small array and computes the scale; a kernel applies it).
+FP8 per-row, ``(1, G)`` and ``(G, 1)`` have no Mosaic kernel yet
+(NotImplementedError naming the tile). Ragged shapes are zero-padded to
+whole CTA bands (zeros change no maximum; the padding is sliced off);
+aligned shapes copy nothing. ``dequantize`` serves the same tiles.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+import numpy as np
+from jax import Array, lax
+
+from pallas_kernels import _layout as L
+from pallas_kernels._common import cdiv
+from pallas_kernels._hash import random_bits, uniform_from_bits
+from pallas_kernels._quantize_reference import fp8_grid
+from pallas_kernels._rounding import F32_MAX, NumberGrid
+from pallas_kernels._rounding import tile_scale as exact_tile_scale
+from pallas_kernels.mosaic import _hw
+from pallas_kernels.mosaic._dequantize import dequantize_blocks
+from pallas_kernels.mosaic._reciprocal import tile_scale
+
+INT8_BLOCKS = (32, 64, 128)
+TENSOR_BLOCK = 64  # program sub-block of the per-tensor stages
+BAND_ELEMENTS = 8192  # elements per CTA band (block x cols), at least
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+  """CTA band width: ``cols`` columns (a multiple of the block), or None
+  for ``max(block, BAND_ELEMENTS // block)``."""
+
+  cols: int | None = None
+
+  def band_cols(self, block: int) -> int:
+    cols = self.cols or max(block, BAND_ELEMENTS // block)
+    if cols % block or cols > 256:
+      raise ValueError(
+        f"QuantizeConfig.cols={cols} must be a multiple of the {block}-wide "
+        "block and at most 256 (the TMA box limit)"
+      )
+    return cols
+
+
+DEFAULT_CONFIG = QuantizeConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Static description of one kernel launch over (B, M, K)."""
+
+  mode: str  # "fused" (S x S scales), "absmax" or "apply" (per-tensor)
+  shape: tuple[int, int, int]  # the unpadded x
+  block: int
+  cols: int
+  grid: NumberGrid | None = None
+  stochastic: bool = False
+  transpose: bool = False
+
+  @property
+  def padded(self) -> tuple[int, int, int]:
+    b, m, k = self.shape
+    return b, -(-m // self.block) * self.block, -(-k // self.cols) * self.cols
+
+  @property
+  def launch(self) -> tuple[int, int, int]:
+    b, m, k = self.padded
+    return b, m // self.block, k // self.cols
+
+  @property
+  def scale_grid(self) -> tuple[int, int, int]:
+    b, m, k = self.padded
+    return b, m // self.block, k // self.block
+
+
+def _strided(block: int, vec: int):
+  return plgpu.Layout.WG_STRIDED((block, block), vec_size=vec)
+
+
+def _coordinates(plan: _Plan, row0, col0, layout, transposed: bool):
+  """Global hash counters (b * M + m, k) of a block's elements (uint32)."""
+  s = plan.block
+  along_rows = 1 if transposed else 0
+  iota = lambda axis: plgpu.layout_cast(  # noqa: E731
+    lax.broadcasted_iota(jnp.int32, (s, s), axis), layout
+  )
+  b = lax.axis_index("b").astype(jnp.uint32)
+  row = (row0 + iota(along_rows)).astype(jnp.uint32)
+  row = b * jnp.uint32(plan.shape[1] & 0xFFFFFFFF) + row
+  return row, (col0 + iota(1 - along_rows)).astype(jnp.uint32)
+
+
+def _codes(plan, x, inverse, ok, seed, row0, col0, layout, transposed):
+  u = None
+  if plan.stochastic:
+    row, col = _coordinates(plan, row0, col0, layout, transposed)
+    u = uniform_from_bits(random_bits(seed, row, col))
+  # Zeroing y (not the 8-bit codes: Mosaic has no 8-bit arithmetic) gives
+  # the reference's zero codes of a poisoned tile under both roundings.
+  return plan.grid.round(jnp.where(ok, x * inverse, 0.0), u)
+
+
+def _block_max(x):
+  """(finite absmax, no NaN/inf) of a block with one max reduction."""
+  a = jnp.abs(x)
+  m = jnp.max(jnp.where(a <= F32_MAX, a, jnp.inf))
+  ok = m <= F32_MAX
+  return jnp.where(ok, m, 0.0), ok
+
+
+def _kernel(*refs, plan: _Plan):
+  """One CTA: a ``block x cols`` band of x (see the module docstring)."""
+  refs = list(refs)
+  x_g = refs.pop(0)
+  inv_g = refs.pop(0) if plan.mode == "apply" else None
+  seed_g = refs.pop(0) if plan.stochastic else None
+  s, cols = plan.block, plan.cols
+  bi, i, j = (lax.axis_index(n) for n in ("b", "i", "j"))
+  rows_g, cols_g = pl.ds(i * s, s), pl.ds(j * cols, cols)
+  if plan.mode == "absmax":
+    m_g, x_s, bar = refs
+  elif plan.mode == "apply":
+    q_g, x_s, q_s, bar = refs
+  elif plan.transpose:
+    q_g, s_g, qt_g, x_s, q_s, qt_s, bar = refs
+  else:
+    q_g, s_g, x_s, q_s, bar = refs
+  plgpu.copy_gmem_to_smem(x_g.at[bi, rows_g, cols_g], x_s, bar)
+  plgpu.barrier_wait(bar)
+  seed = None if seed_g is None else seed_g[0]
+  if plan.mode == "apply":
+    inverse = inv_g[0]
+    ok = inverse <= F32_MAX
+  vec = min(8, s * s // 128)
+  layout = _strided(s, vec)
+  for t in range(cols // s):
+    sub = pl.ds(t * s, s)
+    block_s = x_s.at[:, sub]
+    x = plgpu.load(block_s, layout=layout).astype(jnp.float32)
+    block_j = j * (cols // s) + t
+    if plan.mode == "absmax":
+      m, ok = _block_max(x)
+      m_g[bi, i, block_j] = jnp.where(ok, m, jnp.inf)
+      continue
+    if plan.mode == "fused":
+      absmax, ok = _block_max(x)
+      scale, inverse = tile_scale(absmax, ok, plan.grid.qmax)
+      s_g[bi, i, block_j] = scale
+    row0, col0 = i * s, j * cols + t * s
+    q_s[:, sub] = _codes(plan, x, inverse, ok, seed, row0, col0, layout, False)
+    if plan.transpose:
+      # Column-strided SMEM read: x^T of this block, one element per load.
+      flipped = _strided(s, 1)
+      x_t = plgpu.load(block_s.T, layout=flipped).astype(jnp.float32)
+      qt_s[sub, :] = _codes(
+        plan, x_t, inverse, ok, seed, row0, col0, flipped, True
+      )
+  if plan.mode == "absmax":
+    return
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(q_s, q_g.at[bi, rows_g, cols_g])
+  if plan.transpose:
+    plgpu.copy_smem_to_gmem(qt_s, qt_g.at[bi, cols_g, rows_g])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def _pad(x: Array, plan: _Plan) -> Array:
+  _, m, k = x.shape
+  _, pm, pk = plan.padded
+  if (pm, pk) == (m, k):
+    return x
+  return jnp.pad(x, ((0, 0), (0, pm - m), (0, pk - k)))
+
+
+def _launch(plan: _Plan, args, interpret, name):
+  b, m, k = plan.padded
+  s, cols = plan.block, plan.cols
+  x_dtype = args[0].dtype
+  code = None if plan.grid is None else plan.grid.dtype
+  f32 = jnp.float32
+  if plan.mode == "absmax":
+    outs = [jax.ShapeDtypeStruct(plan.scale_grid, f32)]
+    scratch = [plgpu.SMEM((s, cols), x_dtype)]
+  else:
+    outs = [jax.ShapeDtypeStruct((b, m, k), code)]
+    scratch = [plgpu.SMEM((s, cols), x_dtype), plgpu.SMEM((s, cols), code)]
+    if plan.mode == "fused":
+      outs.append(jax.ShapeDtypeStruct(plan.scale_grid, f32))
+    if plan.transpose:
+      outs.append(jax.ShapeDtypeStruct((b, k, m), code))
+      scratch.append(plgpu.SMEM((cols, s), code))
+  scratch.append(plgpu.Barrier(num_arrivals=1))
+  return plgpu.kernel(
+    functools.partial(_kernel, plan=plan),
+    out_type=tuple(outs),
+    scratch_types=tuple(scratch),
+    grid=plan.launch,
+    grid_names=("b", "i", "j"),
+    compiler_params=_hw.lane_params(),
+    interpret=_hw.interpret_params(interpret),
+    kernel_name=name,
+  )(*args)
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "interpret"))
+def _quantize_blocks(x, seed, *, plan: _Plan, interpret):
+  args = [_pad(x, plan)] + ([] if seed is None else [seed])
+  name = "lpj_mosaic_quantize_" + ("int8" if plan.grid.is_int8 else "fp8")
+  name += "_transpose" if plan.transpose else ""
+  outs = _launch(plan, args, interpret, name)
+  b, m, k = plan.shape
+  nm, nk = cdiv(m, plan.block), cdiv(k, plan.block)
+  q, s = outs[0][:, :m, :k], outs[1][:, :nm, :nk]
+  if not plan.transpose:
+    return q, s
+  return q, s, outs[2][:, :k, :m], jnp.swapaxes(s, 1, 2)
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "interpret"))
+def _quantize_tensor(x, seed, *, plan: _Plan, interpret):
+  """Per-tensor scale: block maxima, their max in XLA, then the codes."""
+  x = _pad(x, plan)
+  stage1 = dataclasses.replace(plan, mode="absmax", stochastic=False)
+  (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_absmax")
+  absmax = jnp.max(maxima).reshape(1, 1, 1)
+  ok = absmax <= F32_MAX
+  # One scalar: XLA runs the exact integer reciprocal of _rounding.
+  scale, inverse = exact_tile_scale(
+    jnp.where(ok, absmax, 0.0), ok, plan.grid.qmax
+  )
+  args = [x, inverse.reshape(1)] + ([] if seed is None else [seed])
+  (q,) = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8")
+  b, m, k = plan.shape
+  return q[:, :m, :k], scale
+
+
+def _block_plan(x, block, grid, seed, transpose, config) -> _Plan:
+  return _Plan(
+    mode="fused",
+    shape=tuple(x.shape),
+    block=block,
+    cols=config.band_cols(block),
+    grid=grid,
+    stochastic=seed is not None,
+    transpose=transpose,
+  )
+
+
+def quantize_int8_block(
+  x: Array,
+  *,
+  block: int,
+  rounding: str = "nearest",
+  seed=None,
+  transpose: bool = False,
+  interpret=None,
+  config: QuantizeConfig = DEFAULT_CONFIG,
+):
+  """INT8 codes and scales of ``block`` x ``block`` tiles of x (B, M, K).
+
+  Returns ``(q, s)`` or, with ``transpose=True``, ``(q, s, q_t, s_t)``
+  (the contract of :func:`pallas_kernels.quantize.quantize_int8_block`).
+  """
+  L.check_array("x", x, L.FLOAT_DTYPES)
+  if block not in INT8_BLOCKS:
+    raise ValueError(f"block must be one of {INT8_BLOCKS}, got {block!r}")
+  seed = L.seed_array(seed, rounding)
+  plan = _block_plan(x, block, NumberGrid.int8(), seed, transpose, config)
+  return _quantize_blocks(x, seed, plan=plan, interpret=interpret)
+
+
+def _square_block(tile) -> int | None:
+  """S for an (S, S) tile with S in 32..128 a power of two, else None."""
+  if isinstance(tile, tuple) and len(tile) == 2 and tile[0] == tile[1]:
+    s = tile[0]
+    if L.is_power_of_two(s) and 32 <= s <= 128:
+      return s
+  return None
+
+
+def unsupported_tile_reason(tile) -> str | None:
+  """Why the Mosaic quantize/dequantize kernels cannot serve ``tile``."""
+  if tile is None or _square_block(tile):
+    return None
+  return (
+    f"the Mosaic GPU quantize kernels serve tile None (per-tensor) and "
+    f"(S, S) with S in (32, 64, 128); got tile {tile!r}"
+  )
+
+
+def _check_tile(tile) -> None:
+  L.tile_layout((1, 1, 1), tile, 1, 1)  # ValueError for a malformed tile
+  reason = unsupported_tile_reason(tile)
+  if reason:
+    raise NotImplementedError(reason)
+
+
+def quantize_fp8(
+  x: Array,
+  *,
+  dtype,
+  tile,
+  rounding: str = "nearest",
+  seed=None,
+  interpret=None,
+  config: QuantizeConfig = DEFAULT_CONFIG,
+):
+  """FP8 codes of ``dtype`` and f32 scales of x (B, M, K) over ``tile``
+  (None or (S, S)); the contract of :func:`pallas_kernels.quantize
+  .quantize_fp8`. Returns ``(q, s)``."""
+  L.check_array("x", x, L.FLOAT_DTYPES)
+  grid = fp8_grid(dtype)
+  _check_tile(tile)
+  seed = L.seed_array(seed, rounding)
+  if tile is None:
+    plan = _block_plan(x, TENSOR_BLOCK, grid, seed, False, config)
+    plan = dataclasses.replace(plan, mode="apply")
+    return _quantize_tensor(x, seed, plan=plan, interpret=interpret)
+  plan = _block_plan(x, tile[0], grid, seed, False, config)
+  return _quantize_blocks(x, seed, plan=plan, interpret=interpret)
+
+
+def dequantize(
+  q: Array,
+  s: Array,
+  *,
+  tile,
+  out_dtype=jnp.float32,
+  interpret=None,
+  config: QuantizeConfig = DEFAULT_CONFIG,
+) -> Array:
+  """``q * s`` per tile (in f32), cast to ``out_dtype``; tile None or
+  (S, S) (the contract of :func:`pallas_kernels.quantize.dequantize`)."""
+  L.check_array("q", q, (np.dtype(np.int8), *L.FP8_DTYPES))
+  _check_tile(tile)
+  layout = L.tile_layout(q.shape, tile, 1, 1)
+  what = f"q of shape {tuple(q.shape)} and tile {tile!r}"
+  L.check_scales("s", s, layout.scale_shape, what)
+  out_dtype = L.check_out_dtype(out_dtype)
+  block = TENSOR_BLOCK if tile is None else tile[0]
+  return dequantize_blocks(
+    q,
+    s,
+    block=block,
+    cols=config.band_cols(block),
+    per_tensor=tile is None,
+    out_dtype=out_dtype,
+    interpret=interpret,
+  )
