@@ -6,7 +6,7 @@ For a tensor ``x`` and a format with tile ``T`` and grid maximum ``qmax``:
     scale  = 1                                   if absmax == 0
            = NaN                                 if absmax is NaN or inf
            = clip(absmax * RN(1/qmax), 2^-126, S_max)  otherwise
-    y      = x * (1 / scale)            (fp32, one reciprocal per tile)
+    y      = x * RN(1 / scale)          (fp32, one exact reciprocal per tile)
     q      = round(y)                   (nearest-even or stochastic)
     x_hat  = q * scale
 
@@ -41,6 +41,7 @@ from lowprec_jax.formats._tiles import (
   expand_scale,
   tile_absmax,
 )
+from pallas_kernels._rounding import reciprocal_rn
 
 SCALE_FLOOR = 2.0**-126
 FLOAT_DTYPES = (
@@ -175,7 +176,11 @@ def quantize(
   scale = compute_scale(
     tile_absmax(x32, format.tile), format.qmax, format.scale_dtype
   )
-  inverse = expand_scale(1.0 / scale, format.tile, x32.shape)
+  # RN(1/scale) by integer arithmetic: XLA:GPU (like Mosaic GPU and Triton)
+  # divides approximately, and every implementation must get the same bits.
+  # One reciprocal per tile, so the cost does not matter.
+  inverse = jnp.where(jnp.isnan(scale), jnp.nan, reciprocal_rn(scale))
+  inverse = expand_scale(inverse, format.tile, x32.shape)
   y = x32 * inverse
   u = None
   if rounding == "stochastic":
