@@ -145,7 +145,10 @@ def print_table(rows: list[dict], title: str) -> None:
 
   table = Table(title=title)
   for col in COLUMNS:
-    table.add_column(col, justify="left" if col == "run" else "right")
+    if col == "run":
+      table.add_column(col, justify="left", no_wrap=True)
+    else:
+      table.add_column(col, justify="right")
   for r in rows:
     table.add_row(*_cells(r))
   Console(width=120).print(table)
