@@ -22,10 +22,10 @@ Mosaic GPU's ``/`` is ``div.full.f32``.
 Tiles: INT8 and FP8 ``(S, S)`` blocks in one pass; FP8 per-tensor (``None``)
 in two stages (a kernel writes every block's finite max, or inf for NaN/inf;
 XLA reduces that small array and computes the scale; a kernel applies it).
-FP8 per-row, ``(1, G)`` and ``(G, 1)`` have no Mosaic kernel yet
-(NotImplementedError naming the tile). Ragged shapes are zero-padded to
-whole CTA bands (zeros change no maximum; the padding is sliced off);
-aligned shapes copy nothing. ``dequantize`` serves the same tiles.
+FP8 per-row ``(1, None)``, ``(1, G)`` and ``(G, 1)`` run the row/column
+reductions of :mod:`._grouped`. Ragged shapes are zero-padded to whole CTA
+bands (zeros change no maximum; the padding is sliced off); aligned shapes
+copy nothing. ``dequantize`` serves None and ``(S, S)`` tiles.
 """
 
 import dataclasses
@@ -44,7 +44,7 @@ from pallas_kernels._hash import random_bits, uniform_from_bits
 from pallas_kernels._quantize_reference import fp8_grid
 from pallas_kernels._rounding import F32_MAX, NumberGrid
 from pallas_kernels._rounding import tile_scale as exact_tile_scale
-from pallas_kernels.mosaic import _hw
+from pallas_kernels.mosaic import _grouped, _hw
 from pallas_kernels.mosaic._dequantize import dequantize_blocks
 from pallas_kernels.mosaic._reciprocal import tile_scale
 
@@ -306,21 +306,34 @@ def _square_block(tile) -> int | None:
   return None
 
 
-def unsupported_tile_reason(tile) -> str | None:
-  """Why the Mosaic quantize/dequantize kernels cannot serve ``tile``."""
+def unsupported_dequantize_reason(tile) -> str | None:
+  """Why the Mosaic dequantize kernel cannot serve ``tile``."""
   if tile is None or _square_block(tile):
     return None
   return (
-    f"the Mosaic GPU quantize kernels serve tile None (per-tensor) and "
+    f"the Mosaic GPU dequantize kernel serves tile None (per-tensor) and "
     f"(S, S) with S in (32, 64, 128); got tile {tile!r}"
   )
 
 
-def _check_tile(tile) -> None:
+def unsupported_tile_reason(tile) -> str | None:
+  """Why the Mosaic FP8 quantize kernels cannot serve ``tile``."""
+  if unsupported_dequantize_reason(tile) is None:
+    return None
+  if _grouped.unsupported_reason(tile) is None:
+    return None
+  return (
+    f"the Mosaic GPU quantize kernels serve tile None (per-tensor), (S, S) "
+    f"with S in (32, 64, 128), (1, None) (per-row), (1, G) with G in "
+    f"{_grouped.GROUPS} and (G, 1) with G in {_grouped.COLUMN_GROUPS}; "
+    f"got tile {tile!r}"
+  )
+
+
+def _check_tile(tile, reason) -> None:
   L.tile_layout((1, 1, 1), tile, 1, 1)  # ValueError for a malformed tile
-  reason = unsupported_tile_reason(tile)
-  if reason:
-    raise NotImplementedError(reason)
+  if reason(tile):
+    raise NotImplementedError(reason(tile))
 
 
 def quantize_fp8(
@@ -334,12 +347,18 @@ def quantize_fp8(
   config: QuantizeConfig = DEFAULT_CONFIG,
 ):
   """FP8 codes of ``dtype`` and f32 scales of x (B, M, K) over ``tile``
-  (None or (S, S)); the contract of :func:`pallas_kernels.quantize
-  .quantize_fp8`. Returns ``(q, s)``."""
+  (None, (S, S), (1, None), (1, G) or (G, 1)); the contract of
+  :func:`pallas_kernels.quantize.quantize_fp8`. Returns ``(q, s)``. The
+  band width of ``config`` applies to None and (S, S) tiles."""
   L.check_array("x", x, L.FLOAT_DTYPES)
   grid = fp8_grid(dtype)
-  _check_tile(tile)
+  _check_tile(tile, unsupported_tile_reason)
   seed = L.seed_array(seed, rounding)
+  if tile is not None and not _square_block(tile):
+    plan = _grouped.plan_for(tile, x.shape, grid, seed is not None)
+    run = _grouped.quantize_rows if plan.mode == "apply" else None
+    run = run or _grouped.quantize_grouped
+    return run(x, seed, plan=plan, interpret=interpret)
   if tile is None:
     plan = _block_plan(x, TENSOR_BLOCK, grid, seed, False, config)
     plan = dataclasses.replace(plan, mode="apply")
@@ -360,7 +379,7 @@ def dequantize(
   """``q * s`` per tile (in f32), cast to ``out_dtype``; tile None or
   (S, S) (the contract of :func:`pallas_kernels.quantize.dequantize`)."""
   L.check_array("q", q, (np.dtype(np.int8), *L.FP8_DTYPES))
-  _check_tile(tile)
+  _check_tile(tile, unsupported_dequantize_reason)
   layout = L.tile_layout(q.shape, tile, 1, 1)
   what = f"q of shape {tuple(q.shape)} and tile {tile!r}"
   L.check_scales("s", s, layout.scale_shape, what)

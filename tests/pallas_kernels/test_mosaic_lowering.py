@@ -189,6 +189,30 @@ def test_quantize_fp8_lowers(tile, dtype):
 
 
 @pytest.mark.parametrize(
+  "tile", [(1, None), (1, 32), (1, 64), (1, 128), (1, 256), (64, 1), (128, 1)]
+)
+@pytest.mark.parametrize("x_dtype", [jnp.float32, jnp.bfloat16])
+def test_quantize_fp8_rows_and_groups_lower(tile, x_dtype):
+  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
+    x,
+    dtype=jnp.float8_e5m2,
+    tile=tile,
+    rounding="stochastic",
+    seed=1,
+    interpret=False,
+  )
+  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros(QUANTIZE_SHAPE, x_dtype))
+
+
+@pytest.mark.parametrize("tile", [(1, None), (1, 128), (256, 1)])
+def test_ragged_fp8_rows_and_groups_lower(tile):
+  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
+    x, dtype=jnp.float8_e4m3fn, tile=tile, interpret=False
+  )
+  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros((2, 70, 45), jnp.float16))
+
+
+@pytest.mark.parametrize(
   "tile,code_dtype",
   [
     (None, jnp.float8_e4m3fn),
