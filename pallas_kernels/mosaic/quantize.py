@@ -74,7 +74,7 @@ DEFAULT_CONFIG = QuantizeConfig()
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class BandPlan:
   """Static description of one kernel launch over (B, M, K)."""
 
   mode: str  # "fused" (S x S scales), "absmax" or "apply" (per-tensor)
@@ -101,34 +101,39 @@ class _Plan:
     return b, m // self.block, k // self.block
 
 
-def _strided(block: int, vec: int):
+def strided(block: int, vec: int):
   return plgpu.Layout.WG_STRIDED((block, block), vec_size=vec)
 
 
-def _coordinates(plan: _Plan, row0, col0, layout, transposed: bool):
-  """Global hash counters (b * M + m, k) of a block's elements (uint32)."""
+def _coordinates(plan: BandPlan, row0, col0, layout, transposed: bool, batch):
+  """Global hash counters (b * M + m, k) of a block's elements (uint32);
+  ``batch`` is b (None: the launch's ``"b"`` axis)."""
   s = plan.block
   along_rows = 1 if transposed else 0
   iota = lambda axis: plgpu.layout_cast(  # noqa: E731
     lax.broadcasted_iota(jnp.int32, (s, s), axis), layout
   )
-  b = lax.axis_index("b").astype(jnp.uint32)
+  b = lax.axis_index("b") if batch is None else batch
+  b = b.astype(jnp.uint32)
   row = (row0 + iota(along_rows)).astype(jnp.uint32)
   row = b * jnp.uint32(plan.shape[1] & 0xFFFFFFFF) + row
   return row, (col0 + iota(1 - along_rows)).astype(jnp.uint32)
 
 
-def _codes(plan, x, inverse, ok, seed, row0, col0, layout, transposed):
+def block_codes(
+  plan, x, inverse, ok, seed, row0, col0, layout, transposed, batch=None
+):
+  """Codes of one S x S block ``x`` (f32, ``layout``) at (row0, col0)."""
   u = None
   if plan.stochastic:
-    row, col = _coordinates(plan, row0, col0, layout, transposed)
+    row, col = _coordinates(plan, row0, col0, layout, transposed, batch)
     u = uniform_from_bits(random_bits(seed, row, col))
   # Zeroing y (not the 8-bit codes: Mosaic has no 8-bit arithmetic) gives
   # the reference's zero codes of a poisoned tile under both roundings.
   return plan.grid.round(jnp.where(ok, x * inverse, 0.0), u)
 
 
-def _block_max(x):
+def block_max(x):
   """(finite absmax, no NaN/inf) of a block with one max reduction."""
   a = jnp.abs(x)
   m = jnp.max(jnp.where(a <= F32_MAX, a, jnp.inf))
@@ -136,7 +141,7 @@ def _block_max(x):
   return jnp.where(ok, m, 0.0), ok
 
 
-def _kernel(*refs, plan: _Plan):
+def _kernel(*refs, plan: BandPlan):
   """One CTA: a ``block x cols`` band of x (see the module docstring)."""
   refs = list(refs)
   x_g = refs.pop(0)
@@ -160,27 +165,29 @@ def _kernel(*refs, plan: _Plan):
     inverse = inv_g[0]
     ok = inverse <= F32_MAX
   vec = min(8, s * s // 128)
-  layout = _strided(s, vec)
+  layout = strided(s, vec)
   for t in range(cols // s):
     sub = pl.ds(t * s, s)
     block_s = x_s.at[:, sub]
     x = plgpu.load(block_s, layout=layout).astype(jnp.float32)
     block_j = j * (cols // s) + t
     if plan.mode == "absmax":
-      m, ok = _block_max(x)
+      m, ok = block_max(x)
       m_g[bi, i, block_j] = jnp.where(ok, m, jnp.inf)
       continue
     if plan.mode == "fused":
-      absmax, ok = _block_max(x)
+      absmax, ok = block_max(x)
       scale, inverse = tile_scale(absmax, ok, plan.grid.qmax)
       s_g[bi, i, block_j] = scale
     row0, col0 = i * s, j * cols + t * s
-    q_s[:, sub] = _codes(plan, x, inverse, ok, seed, row0, col0, layout, False)
+    q_s[:, sub] = block_codes(
+      plan, x, inverse, ok, seed, row0, col0, layout, False
+    )
     if plan.transpose:
       # Column-strided SMEM read: x^T of this block, one element per load.
-      flipped = _strided(s, 1)
+      flipped = strided(s, 1)
       x_t = plgpu.load(block_s.T, layout=flipped).astype(jnp.float32)
-      qt_s[sub, :] = _codes(
+      qt_s[sub, :] = block_codes(
         plan, x_t, inverse, ok, seed, row0, col0, flipped, True
       )
   if plan.mode == "absmax":
@@ -192,7 +199,7 @@ def _kernel(*refs, plan: _Plan):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _pad(x: Array, plan: _Plan) -> Array:
+def _pad(x: Array, plan: BandPlan) -> Array:
   _, m, k = x.shape
   _, pm, pk = plan.padded
   if (pm, pk) == (m, k):
@@ -200,7 +207,7 @@ def _pad(x: Array, plan: _Plan) -> Array:
   return jnp.pad(x, ((0, 0), (0, pm - m), (0, pk - k)))
 
 
-def _launch(plan: _Plan, args, interpret, name):
+def _launch(plan: BandPlan, args, interpret, name):
   b, m, k = plan.padded
   s, cols = plan.block, plan.cols
   x_dtype = args[0].dtype
@@ -231,7 +238,7 @@ def _launch(plan: _Plan, args, interpret, name):
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
-def _quantize_blocks(x, seed, *, plan: _Plan, interpret):
+def _quantize_blocks(x, seed, *, plan: BandPlan, interpret):
   args = [_pad(x, plan)] + ([] if seed is None else [seed])
   name = "lpj_mosaic_quantize_" + ("int8" if plan.grid.is_int8 else "fp8")
   name += "_transpose" if plan.transpose else ""
@@ -245,7 +252,7 @@ def _quantize_blocks(x, seed, *, plan: _Plan, interpret):
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
-def _quantize_tensor(x, seed, *, plan: _Plan, interpret):
+def _quantize_tensor(x, seed, *, plan: BandPlan, interpret):
   """Per-tensor scale: block maxima, their max in XLA, then the codes."""
   x = _pad(x, plan)
   stage1 = dataclasses.replace(plan, mode="absmax", stochastic=False)
@@ -262,8 +269,8 @@ def _quantize_tensor(x, seed, *, plan: _Plan, interpret):
   return q[:, :m, :k], scale
 
 
-def _block_plan(x, block, grid, seed, transpose, config) -> _Plan:
-  return _Plan(
+def _block_plan(x, block, grid, seed, transpose, config) -> BandPlan:
+  return BandPlan(
     mode="fused",
     shape=tuple(x.shape),
     block=block,
