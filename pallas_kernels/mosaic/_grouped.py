@@ -47,8 +47,39 @@ GROUPS = (32, 64, 128, 256)  # G of (1, G)
 COLUMN_GROUPS = (64, 128, 256)  # G of (G, 1): whole WGMMA row tiles
 
 
+class BandGeometry:
+  """CTA bands of ``band_rows x cols`` over ``shape`` (B, M, K), with x
+  zero-padded to whole bands (zeros change no maximum)."""
+
+  shape: tuple[int, int, int]
+  cols: int
+
+  @property
+  def band_rows(self) -> int:
+    raise NotImplementedError
+
+  @property
+  def padded(self) -> tuple[int, int, int]:
+    b, m, k = self.shape
+    r, c = self.band_rows, self.cols
+    return b, -(-m // r) * r, -(-k // c) * c
+
+  @property
+  def launch(self) -> tuple[int, int, int]:
+    b, m, k = self.padded
+    return b, m // self.band_rows, k // self.cols
+
+  def pad(self, x: Array) -> Array:
+    """x padded to whole bands; x itself (no copy) when aligned."""
+    _, m, k = x.shape
+    _, pm, pk = self.padded
+    if (pm, pk) == (m, k):
+      return x
+    return jnp.pad(x, ((0, 0), (0, pm - m), (0, pk - k)))
+
+
 @dataclasses.dataclass(frozen=True)
-class GroupPlan:
+class GroupPlan(BandGeometry):
   """Static description of one launch over x (B, M, K).
 
   ``axis`` is the reduced axis of a sub-tile: 1 for row groups of ``group``
@@ -66,14 +97,8 @@ class GroupPlan:
   stochastic: bool = False
 
   @property
-  def padded(self) -> tuple[int, int, int]:
-    b, m, k = self.shape
-    return b, -(-m // self.rows) * self.rows, -(-k // self.cols) * self.cols
-
-  @property
-  def launch(self) -> tuple[int, int, int]:
-    b, m, k = self.padded
-    return b, m // self.rows, k // self.cols
+  def band_rows(self) -> int:
+    return self.rows
 
   @property
   def sub_tiles(self) -> int:
@@ -218,14 +243,6 @@ def _launch(plan: GroupPlan, args, interpret, name):
   )(*args)
 
 
-def _pad(x: Array, plan: GroupPlan) -> Array:
-  _, m, k = x.shape
-  _, pm, pk = plan.padded
-  if (pm, pk) == (m, k):
-    return x
-  return jnp.pad(x, ((0, 0), (0, pm - m), (0, pk - k)))
-
-
 def _band_cols(group: int, rows: int, axis: int) -> int:
   wanted = max(MIN_COLS, BAND_ELEMENTS // rows)
   if axis == 1:
@@ -268,7 +285,7 @@ def unsupported_reason(tile) -> str | None:
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
 def quantize_grouped(x, seed, *, plan: GroupPlan, interpret):
   """FP8 ``(q, s)`` of a fused (1, G) or (G, 1) plan."""
-  args = [_pad(x, plan)] + ([] if seed is None else [seed])
+  args = [plan.pad(x)] + ([] if seed is None else [seed])
   q, s = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8_groups")
   b, m, k = plan.shape
   if plan.axis == 1:
@@ -281,7 +298,7 @@ def quantize_grouped(x, seed, *, plan: GroupPlan, interpret):
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
 def quantize_rows(x, seed, *, plan: GroupPlan, interpret):
   """Per-row FP8 ``(q, s)``: band row maxima, their max in XLA, codes."""
-  x = _pad(x, plan)
+  x = plan.pad(x)
   stage1 = dataclasses.replace(plan, mode="absmax", stochastic=False)
   (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_row_absmax")
   absmax = jnp.max(maxima, axis=1)  # (B, M): inf marks NaN/inf rows

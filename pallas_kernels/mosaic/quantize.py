@@ -74,7 +74,7 @@ DEFAULT_CONFIG = QuantizeConfig()
 
 
 @dataclasses.dataclass(frozen=True)
-class BandPlan:
+class BandPlan(_grouped.BandGeometry):
   """Static description of one kernel launch over (B, M, K)."""
 
   mode: str  # "fused" (S x S scales), "absmax" or "apply" (per-tensor)
@@ -86,14 +86,8 @@ class BandPlan:
   transpose: bool = False
 
   @property
-  def padded(self) -> tuple[int, int, int]:
-    b, m, k = self.shape
-    return b, -(-m // self.block) * self.block, -(-k // self.cols) * self.cols
-
-  @property
-  def launch(self) -> tuple[int, int, int]:
-    b, m, k = self.padded
-    return b, m // self.block, k // self.cols
+  def band_rows(self) -> int:
+    return self.block
 
   @property
   def scale_grid(self) -> tuple[int, int, int]:
@@ -199,14 +193,6 @@ def _kernel(*refs, plan: BandPlan):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _pad(x: Array, plan: BandPlan) -> Array:
-  _, m, k = x.shape
-  _, pm, pk = plan.padded
-  if (pm, pk) == (m, k):
-    return x
-  return jnp.pad(x, ((0, 0), (0, pm - m), (0, pk - k)))
-
-
 def _launch(plan: BandPlan, args, interpret, name):
   b, m, k = plan.padded
   s, cols = plan.block, plan.cols
@@ -239,7 +225,7 @@ def _launch(plan: BandPlan, args, interpret, name):
 
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
 def _quantize_blocks(x, seed, *, plan: BandPlan, interpret):
-  args = [_pad(x, plan)] + ([] if seed is None else [seed])
+  args = [plan.pad(x)] + ([] if seed is None else [seed])
   name = "lpj_mosaic_quantize_" + ("int8" if plan.grid.is_int8 else "fp8")
   name += "_transpose" if plan.transpose else ""
   outs = _launch(plan, args, interpret, name)
@@ -254,7 +240,7 @@ def _quantize_blocks(x, seed, *, plan: BandPlan, interpret):
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
 def _quantize_tensor(x, seed, *, plan: BandPlan, interpret):
   """Per-tensor scale: block maxima, their max in XLA, then the codes."""
-  x = _pad(x, plan)
+  x = plan.pad(x)
   stage1 = dataclasses.replace(plan, mode="absmax", stochastic=False)
   (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_absmax")
   absmax = jnp.max(maxima).reshape(1, 1, 1)
