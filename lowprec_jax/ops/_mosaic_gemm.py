@@ -2,14 +2,15 @@
 
 GEMMs run :mod:`pallas_kernels.mosaic` (``plgpu.kernel``, TMA pipeline,
 8-bit ``wgmma``); quantization and dequantization run the Mosaic quantize
-kernels of :mod:`pallas_kernels.mosaic.quantize` for the tiles they serve
-(INT8 and FP8 ``S x S`` blocks, FP8 per-tensor), with the fused
-quantize+transpose kernel where one INT8 quantization of g serves both
-backward GEMMs. FP8 per-row, ``1 x G`` and ``G x 1`` tiles (the activations
-and residuals of ``fp8_block``) have no Mosaic quantize kernel yet and run
-the jnp quantizer of ``lowprec_jax.formats`` (bit-identical codes;
-:meth:`MosaicGemm.quantizer_for` names which ran, and the benchmark labels
-its rows with it).
+kernels of :mod:`pallas_kernels.mosaic.quantize` for every tile of the
+recipes (INT8 and FP8 ``S x S`` blocks, FP8 per-tensor, per-row, ``1 x G``
+and ``G x 1``), with the fused quantize+transpose kernel where one INT8
+quantization of g serves both backward GEMMs. A format outside them (e.g.
+non-f32 scales, or a group size without a kernel) runs the jnp quantizer of
+``lowprec_jax.formats`` (bit-identical codes; :meth:`MosaicGemm.quantizer_for`
+names which ran, and the benchmark labels its rows with it). Dequantization
+has Mosaic kernels for per-tensor and ``S x S`` tiles; other tiles
+dequantize in XLA.
 
 Everything compiles on a GPU and runs through the Mosaic GPU interpreter on a
 CPU (for tests; ``implementation=None`` never picks it there; run it under
@@ -32,13 +33,16 @@ from pallas_kernels.mosaic import fp8_matmul, int8_matmul
 from pallas_kernels.mosaic import quantize as mosaic_quantize
 
 
-def _has_kernel(fmt: QuantFormat) -> bool:
+def _has_kernel(
+  fmt: QuantFormat, reason=mosaic_quantize.unsupported_tile_reason
+) -> bool:
   if fmt.scale_dtype != np.dtype(np.float32):
     return False  # the kernels write f32 scales
-  return (
-    isinstance(fmt, Int8Block)
-    or mosaic_quantize.unsupported_tile_reason(fmt.tile) is None
-  )
+  return isinstance(fmt, Int8Block) or reason(fmt.tile) is None
+
+
+def _has_dequantize_kernel(fmt: QuantFormat) -> bool:
+  return _has_kernel(fmt, mosaic_quantize.unsupported_dequantize_reason)
 
 
 class MosaicGemm(XlaGemm):
@@ -93,7 +97,7 @@ class MosaicGemm(XlaGemm):
     return QTensor(q, s, fmt, dtype), QTensor(q_t, s_t, fmt, dtype)
 
   def dequantize(self, qt: QTensor, dtype) -> Array:
-    if not _has_kernel(qt.format) or qt.qvalue.ndim != 3:
+    if not _has_dequantize_kernel(qt.format) or qt.qvalue.ndim != 3:
       return super().dequantize(qt, dtype)
     return mosaic_quantize.dequantize(
       qt.qvalue, qt.scale, tile=qt.format.tile, out_dtype=dtype

@@ -68,7 +68,7 @@ class TuningConfig:
 
 
 def default_config(
-  *, promoted: bool, n_sub: int, out_itemsize: int
+  *, promoted: bool, n_sub: int, out_itemsize: int, requantize: bool = False
 ) -> TuningConfig:
   """The heuristic default for a GEMM: tiles first, then the deepest pipeline.
 
@@ -83,18 +83,31 @@ def default_config(
   """
   tiles = TuningConfig(wg_tile_m=64, tile_n=128 if promoted else 256)
   return deepest_pipeline(
-    tiles, n_sub=n_sub, promoted=promoted, out_itemsize=out_itemsize
+    tiles,
+    n_sub=n_sub,
+    promoted=promoted,
+    out_itemsize=out_itemsize,
+    requantize=requantize,
   )
 
 
 def deepest_pipeline(
-  tiles: TuningConfig, *, n_sub: int, promoted: bool, out_itemsize: int
+  tiles: TuningConfig,
+  *,
+  n_sub: int,
+  promoted: bool,
+  out_itemsize: int,
+  requantize: bool = False,
 ) -> TuningConfig:
   """``tiles`` with the most stages (up to ``MAX_STAGES``) that fit SMEM."""
   for stages in range(MAX_STAGES, 1, -1):
     config = dataclasses.replace(tiles, max_concurrent_steps=stages)
     need = smem_bytes(
-      config, n_sub=n_sub, promoted=promoted, out_itemsize=out_itemsize
+      config,
+      n_sub=n_sub,
+      promoted=promoted,
+      out_itemsize=out_itemsize,
+      requantize=requantize,
     )
     if need <= SMEM_BYTES:
       return config
@@ -102,14 +115,23 @@ def deepest_pipeline(
 
 
 def smem_bytes(
-  config: TuningConfig, *, n_sub: int, promoted: bool, out_itemsize: int
+  config: TuningConfig,
+  *,
+  n_sub: int,
+  promoted: bool,
+  out_itemsize: int,
+  requantize: bool = False,
 ) -> int:
-  """Shared memory of one CTA: pipeline stages plus epilogue slots."""
+  """Shared memory of one CTA: pipeline stages plus epilogue slots (with
+  ``requantize``, each compute warpgroup's fp32 tile and its int8 codes)."""
   c = config
   stage = (c.cta_m + c.cta_n) * c.tile_k  # 8-bit codes
   if promoted:
     stage += 4 * n_sub * (c.cta_m + c.cta_n)  # fp32 scale rows
   epilogue = 2 * 2 * c.wg_tile_m * c.epi_tile_n * out_itemsize
+  if requantize:
+    # fp32 tile + int8 codes + row maxima per 32 columns, per warpgroup
+    epilogue = 2 * c.wg_tile_m * (c.tile_n * (4 + 1) + c.tile_n // 32 * 4)
   return c.max_concurrent_steps * stage + epilogue + SMEM_RESERVE
 
 
@@ -119,6 +141,7 @@ def check_config(
   swizzle: int,
   chunk: int | None,
   out_itemsize: int,
+  requantize: bool = False,
 ) -> None:
   """Raises ValueError naming the first hardware rule ``config`` breaks."""
   c = config
@@ -170,7 +193,11 @@ def check_config(
       + f"; at most {MAX_ACC_REGISTERS} fit beside the rest of the kernel"
     )
   need = smem_bytes(
-    c, n_sub=n_sub, promoted=promoted, out_itemsize=out_itemsize
+    c,
+    n_sub=n_sub,
+    promoted=promoted,
+    out_itemsize=out_itemsize,
+    requantize=requantize,
   )
   if need > SMEM_BYTES:
     raise ValueError(

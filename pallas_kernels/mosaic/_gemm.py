@@ -21,7 +21,9 @@ SM walks the output tiles; in each CTA a memory warpgroup streams
 run ``wgmma`` on their half of the CTA tile. While one compute warpgroup
 promotes its partial sum (int32 -> fp32, two multiplies, one add), the other
 can use the tensor cores. The epilogue converts the fp32 tile to the output
-dtype in SMEM slots and stores it with TMA, overlapped with the next tile.
+dtype in SMEM slots and stores it with TMA, overlapped with the next tile;
+or, for the INT8-out variant, requantizes it in S x S blocks
+(``_epilogue.requantize_tile``; that variant lowers with Lane semantics).
 
 Out-of-range reads (ragged M, N, K tails inside the arrays' TMA-aligned
 shape) are zero-filled by TMA, so they add nothing to any sum; out-of-range
@@ -38,11 +40,13 @@ from jax import lax
 
 from pallas_kernels._common import cdiv
 from pallas_kernels.mosaic import _hw, _operands
+from pallas_kernels.mosaic import quantize as Q
 from pallas_kernels.mosaic._config import (
   TuningConfig,
   check_config,
   default_config,
 )
+from pallas_kernels.mosaic._epilogue import requantize_tile, store_tile
 
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 _COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
@@ -62,13 +66,27 @@ def out_swizzle(epi_tile_n: int, itemsize: int) -> int:
 
 
 def scaled_matmul(
-  a_q, a_s, a_tile, b_q, b_s, b_tile, *, out_dtype, interpret, config, name
-) -> jax.Array:
+  a_q,
+  a_s,
+  a_tile,
+  b_q,
+  b_s,
+  b_tile,
+  *,
+  out_dtype,
+  interpret,
+  config,
+  name,
+  requantize: Q.BandPlan | None = None,
+  seed=None,
+):
   """(B, M, N) from raw codes and ``QTensor``-shaped scales of any tiles.
 
   Pads the codes to TMA-aligned shapes (no copy when aligned), expands the
   scales to rows per K chunk, picks the swizzle and (unless given) the
-  config, runs :func:`scaled_gemm` and drops the padding.
+  config, runs :func:`scaled_gemm` and drops the padding. With
+  ``requantize`` (a fused S x S INT8 plan over the (B, M, N) output) the
+  epilogue writes INT8 codes and block scales instead: returns ``(q, s)``.
   """
   batch, m, k = a_q.shape
   n = b_q.shape[1]
@@ -77,6 +95,7 @@ def scaled_matmul(
     promoted=chunk is not None,
     n_sub=_operands.sub_chunks(chunk),
     out_itemsize=jnp.dtype(out_dtype).itemsize,
+    requantize=requantize is not None,
   )
   a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
   rows = functools.partial(_operands.scale_rows, batch=batch, k=k, chunk=chunk)
@@ -91,8 +110,14 @@ def scaled_matmul(
     config=config,
     interpret=interpret,
     name=name,
+    requantize=requantize,
+    seed=seed,
   )
-  return out[:, :m, :n]
+  if requantize is None:
+    return out[:, :m, :n]
+  q, s = out
+  ob = requantize.block
+  return q[:, :m, :n], s[:, : cdiv(m, ob), : cdiv(n, ob)]
 
 
 def scaled_gemm(
@@ -107,7 +132,9 @@ def scaled_gemm(
   config: TuningConfig,
   interpret,
   name: str,
-) -> jax.Array:
+  requantize: Q.BandPlan | None = None,
+  seed=None,
+):
   """Runs the kernel on TMA-aligned operands (see ``_operands``).
 
   Args:
@@ -121,16 +148,26 @@ def scaled_gemm(
     config: tiles; checked against the hardware rules first.
     interpret: see ``_hw.interpret_params``.
     name: the kernel's name in profiles.
+    requantize, seed: the INT8-out epilogue (see :func:`scaled_matmul`);
+      ``seed`` a (1,) uint32 array for stochastic rounding.
 
   Returns:
-    (B, M, No) in ``out_dtype``, No = N rounded up to the epilogue swizzle.
+    (B, M, No) in ``out_dtype``, No = N rounded up to the epilogue swizzle;
+    with ``requantize``, int8 codes (B, M, N rounded up to 16) and the
+    block scales of whole CTA tiles.
   """
   batch, m, k = a.shape
   n = b.shape[1]
   promoted = chunk is not None
   n_sub = config.tile_k // chunk if promoted else 1
   out_itemsize = jnp.dtype(out_dtype).itemsize
-  check_config(config, swizzle=swizzle, chunk=chunk, out_itemsize=out_itemsize)
+  check_config(
+    config,
+    swizzle=swizzle,
+    chunk=chunk,
+    out_itemsize=out_itemsize,
+    requantize=requantize is not None,
+  )
   params = _hw.interpret_params(interpret)
   o_swizzle = out_swizzle(config.epi_tile_n, out_itemsize)
   n_out = -(-n // (o_swizzle // out_itemsize)) * (o_swizzle // out_itemsize)
@@ -143,27 +180,50 @@ def scaled_gemm(
     acc_dtype=jnp.int32 if a.dtype == jnp.int8 else jnp.float32,
     out_dtype=jnp.dtype(out_dtype),
     tiles=(batch, cdiv(m, config.cta_m), cdiv(n, config.cta_n)),
+    requantize=requantize,
   )
   c = config
+  out_type = jax.ShapeDtypeStruct((batch, m, n_out), out_dtype)
+  scratch = dict(
+    o_smem=plgpu.SMEM(
+      (2, 2, c.wg_tile_m, c.epi_tile_n),
+      out_dtype,
+      transforms=_transforms(o_swizzle, out_itemsize),
+    )
+  )
+  semantics = _hw.compiler_params()
+  args = [a, b, sa, sb]
+  if requantize is not None:
+    ob, tiles = requantize.block, body.keywords["tiles"]
+    scale_grid = (batch, tiles[1] * c.cta_m // ob, tiles[2] * c.cta_n // ob)
+    out_type = (
+      jax.ShapeDtypeStruct((batch, m, -(-n // 16) * 16), jnp.int8),
+      jax.ShapeDtypeStruct(scale_grid, jnp.float32),
+    )
+    # The fp32 tile is staged in SMEM and re-read in S x S blocks.
+    scratch = dict(
+      f_smem=plgpu.SMEM((2, c.wg_tile_m, c.tile_n), jnp.float32),
+      q_smem=plgpu.SMEM((2, c.wg_tile_m, c.tile_n), jnp.int8),
+      m_smem=plgpu.SMEM((2, c.tile_n // ob, c.wg_tile_m), jnp.float32),
+    )
+    # Lane semantics: the scale's exact reciprocal bitcasts scalars, which
+    # Warpgroup semantics cannot lower (see _hw.lane_params).
+    semantics = _hw.lane_params()
+    if requantize.stochastic:
+      args.append(seed)
   kernel = plgpu.kernel(
     body,
-    out_type=jax.ShapeDtypeStruct((batch, m, n_out), out_dtype),
-    scratch_types=dict(
-      o_smem=plgpu.SMEM(
-        (2, 2, c.wg_tile_m, c.epi_tile_n),
-        out_dtype,
-        transforms=_transforms(o_swizzle, out_itemsize),
-      )
-    ),
+    out_type=out_type,
+    scratch_types=scratch,
     grid=(_hw.num_sms(params is not None, c.num_sms),),
     grid_names=("sm",),
     num_threads=3,
     thread_name="wg",
-    compiler_params=_hw.compiler_params(),
+    compiler_params=semantics,
     interpret=params,
     kernel_name=name,
   )
-  return kernel(a, b, sa, sb)
+  return kernel(*args)
 
 
 def _kernel(
@@ -171,9 +231,7 @@ def _kernel(
   b_g,
   sa_g,
   sb_g,
-  o_g,
-  o_smem,
-  *,
+  *refs,
   config: TuningConfig,
   chunk,
   n_sub,
@@ -181,7 +239,16 @@ def _kernel(
   acc_dtype,
   out_dtype,
   tiles,
+  requantize,
+  o_smem=None,
+  f_smem=None,
+  q_smem=None,
+  m_smem=None,
 ):
+  refs = list(refs)
+  seed_g = refs.pop(0) if requantize and requantize.stochastic else None
+  o_g = refs.pop(0)
+  s_g = refs.pop(0) if requantize else None
   c = config
   batch, m_tiles, n_tiles = tiles
   k_steps = cdiv(a_g.shape[2], c.tile_k)
@@ -254,13 +321,26 @@ def _kernel(
           p = pl.run_scoped(mma, plgpu.ACC((c.wg_tile_m, c.tile_n), acc_dtype))
           s_a = plgpu.load(sa_s.at[j, wm], layout=_ROW)
           s_b = plgpu.load(sb_s.at[j, wn], layout=_COL)
-          carry = carry + p.astype(jnp.float32) * s_a[:, None] * s_b[None, :]
+          shape = (c.wg_tile_m, c.tile_n)
+          carry = carry + p.astype(jnp.float32) * _spread(
+            s_a, shape, 0
+          ) * _spread(s_b, shape, 1)
         return carry
 
       def promote_context(run):
         zeros = jnp.zeros((c.wg_tile_m, c.tile_n), jnp.float32)
         out = run(plgpu.layout_cast(zeros, plgpu.Layout.WGMMA))
-        _store(out, wg_out, o_smem.at[wg], c, out_dtype)
+        if requantize is None:
+          store_tile(out, wg_out, o_smem.at[wg], c, out_dtype)
+          return
+        by_m, by_n = c.wg_dimension == "m", c.wg_dimension == "n"
+        origin = (
+          mi * c.cta_m + (wg * c.wg_tile_m if by_m else 0),
+          ni * c.cta_n + (wg * c.tile_n if by_n else 0),
+        )
+        seed = None if seed_g is None else seed_g[0]
+        slots = (f_smem.at[wg], q_smem.at[wg], m_smem.at[wg])
+        requantize_tile(out, slots, wg_out, s_g, seed, bi, origin, requantize)
 
       def accumulate_step(_, a_s, b_s, acc):
         plgpu.wgmma(acc, a_s.at[wm], b_s.at[wn].T)
@@ -280,8 +360,9 @@ def _kernel(
         s_b = plgpu.load(
           sb_g.at[bi, 0, cn].at[wn], layout=_COL, optimized=False
         )
-        out = p * s_a[:, None] * s_b[None, :]
-        _store(out, wg_out, o_smem.at[wg], c, out_dtype)
+        shape = (c.wg_tile_m, c.tile_n)
+        out = p * _spread(s_a, shape, 0) * _spread(s_b, shape, 1)
+        store_tile(out, wg_out, o_smem.at[wg], c, out_dtype)
 
       if promoted:
         step, context = promote_step, promote_context
@@ -294,15 +375,7 @@ def _kernel(
   pl.run_scoped(scope, allocations, collective_axes="wg")
 
 
-def _store(out, wg_out, slots, c: TuningConfig, out_dtype):
-  """Epilogue: fp32 tile -> out dtype -> two SMEM slots -> TMA stores."""
-  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-  for e in range(c.tile_n // c.epi_tile_n):
-    cols = slice(e * c.epi_tile_n, (e + 1) * c.epi_tile_n)
-    slot = e % 2
-    plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-    slots[slot] = out[:, cols].astype(out_dtype)
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(
-      slots.at[slot], wg_out.at[:, pl.ds(e * c.epi_tile_n, c.epi_tile_n)]
-    )
+def _spread(v, shape, dim):
+  """A row (dim 0) or column (dim 1) vector over a WGMMA-layout tile."""
+  spread = lax.broadcast_in_dim(v, shape, (dim,))
+  return plgpu.layout_cast(spread, plgpu.Layout.WGMMA)

@@ -14,8 +14,15 @@ promoted into an fp32 carry (``_gemm``). With ``block=32`` (Jetfire) a
 promotes four times; with ``block=128`` one ``wgmma`` per step covers the
 block and promotes once, a quarter of the promotion work.
 
-``out_block`` (the requantizing epilogue of Jetfire's forward and dgrad) is
-not supported: see ``OUT_BLOCK_UNSUPPORTED``.
+With ``out_block`` (the requantizing epilogue of Jetfire's forward and
+dgrad) each compute warpgroup stages its fp32 tile in SMEM and quantizes it
+in ``out_block x out_block`` blocks with the logic of the Mosaic quantize
+kernel (absmax, exact scale and reciprocal, RTN or SR hashed at the (B, M, N)
+output coordinates), writing int8 codes by TMA and block scales directly:
+``(q, s)`` exactly as ``quantize_int8_block`` of the fp32 output would.
+``out_block`` must divide the warpgroup tile (32 or 64 with the default
+tiles); this variant lowers with Lane semantics (the exact reciprocal
+bitcasts scalars).
 """
 
 import functools
@@ -24,10 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels import _layout as L
 from pallas_kernels._common import cdiv
 from pallas_kernels._layout import describe
+from pallas_kernels._rounding import NumberGrid
 from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
+from pallas_kernels.mosaic.quantize import BandPlan
 
 BLOCKS = (32, 64, 128)
 OUT_DTYPES = (
@@ -35,16 +45,7 @@ OUT_DTYPES = (
   np.dtype(jnp.bfloat16),
   np.dtype(jnp.float16),
 )
-OUT_BLOCK_UNSUPPORTED = (
-  "int8_block_matmul (mosaic) has no INT8-out epilogue (out_block): on jax "
-  "0.11.2 the per-block requantization of the fp32 tile (32x32 absmax via a "
-  "row reduction plus masked cross-warp reductions, the bit-exact scale and "
-  "reciprocal by integer long division, rounding, scale write-back) runs "
-  "bit-exactly in the GPU interpreter but does not lower for CUDA: Mosaic "
-  "GPU's layout inference fails on the scale write-back and, without it, "
-  "runs for minutes (superlinear in the number of unrolled scale "
-  "computations). Use out_dtype=float32 and quantize the result"
-)
+OUT_BLOCKS = (32, 64)  # must divide the 64 x 128 warpgroup tile
 
 
 def check_int8_operands(a_q, a_s, b_q, b_s, block) -> None:
@@ -101,17 +102,19 @@ def int8_block_matmul(
     a_q, a_s, b_q, b_s: codes and scales (the contract above).
     block: 32, 64 or 128: the quantization block and the K block.
     out_dtype: float32, bfloat16 or float16.
-    out_block, out_rounding, seed: the INT8-out epilogue of the contract;
-      ``out_block`` must be None here (``OUT_BLOCK_UNSUPPORTED``).
+    out_block, out_rounding, seed: the INT8-out epilogue of the contract
+      (``out_block`` in ``OUT_BLOCKS``; ``seed`` for stochastic rounding).
     interpret: None (interpret without a GPU), a bool, or a
       ``plgpu.InterpretGPUParams``.
     config: tiles (default: ``default_config``).
 
   Returns:
-    (B, M, N) in ``out_dtype``.
+    (B, M, N) in ``out_dtype``, or with ``out_block`` ``(q, s)``: int8
+    (B, M, N) and f32 (B, cdiv(M, out_block), cdiv(N, out_block)).
 
   Raises:
-    NotImplementedError: for ``out_block`` (the reason above).
+    NotImplementedError: for ``out_block`` 128 (wider than a warpgroup's
+      64-row tile).
   """
   check_int8_operands(a_q, a_s, b_q, b_s, block)
   if np.dtype(out_dtype) not in OUT_DTYPES:
@@ -119,9 +122,9 @@ def int8_block_matmul(
       f"out_dtype must be float32, bfloat16 or float16, got "
       f"{np.dtype(out_dtype)}"
     )
-  del out_rounding, seed  # only meaningful with out_block
-  if out_block is not None:
-    raise NotImplementedError(OUT_BLOCK_UNSUPPORTED)
+  requantize = _requantize_plan(a_q, b_q, out_block, out_rounding, seed)
+  if requantize is not None and requantize.stochastic:
+    seed = L.seed_array(seed, out_rounding)
   tile = (block, block)
   return scaled_matmul(
     a_q,
@@ -133,5 +136,35 @@ def int8_block_matmul(
     out_dtype=out_dtype,
     interpret=interpret,
     config=config,
-    name=f"lpj_mosaic_int8_block{block}_matmul",
+    name=f"lpj_mosaic_int8_block{block}_matmul"
+    + ("" if out_block is None else f"_int8_out{out_block}"),
+    requantize=requantize,
+    seed=seed,
+  )
+
+
+def _requantize_plan(a_q, b_q, out_block, out_rounding, seed):
+  """The fused S x S INT8 plan of the output, or None (no ``out_block``)."""
+  if out_block is None:
+    return None
+  if out_block not in (*OUT_BLOCKS, 128):
+    raise ValueError(
+      f"out_block must be None or one of {(*OUT_BLOCKS, 128)}, got "
+      f"{out_block!r}"
+    )
+  if out_block not in OUT_BLOCKS:
+    raise NotImplementedError(
+      f"int8_block_matmul (mosaic): out_block={out_block} is wider than the "
+      "64-row tile of a compute warpgroup, which quantizes its own tile; "
+      f"supported: {OUT_BLOCKS}"
+    )
+  L.seed_array(seed, out_rounding)  # ValueError for a bad rounding/seed
+  batch, m, _ = a_q.shape
+  return BandPlan(
+    mode="fused",
+    shape=(batch, m, b_q.shape[1]),
+    block=out_block,
+    cols=out_block,
+    grid=NumberGrid.int8(),
+    stochastic=out_rounding == "stochastic",
   )

@@ -22,10 +22,10 @@ Mosaic GPU's ``/`` is ``div.full.f32``.
 Tiles: INT8 and FP8 ``(S, S)`` blocks in one pass; FP8 per-tensor (``None``)
 in two stages (a kernel writes every block's finite max, or inf for NaN/inf;
 XLA reduces that small array and computes the scale; a kernel applies it).
-FP8 per-row, ``(1, G)`` and ``(G, 1)`` have no Mosaic kernel yet
-(NotImplementedError naming the tile). Ragged shapes are zero-padded to
-whole CTA bands (zeros change no maximum; the padding is sliced off);
-aligned shapes copy nothing. ``dequantize`` serves the same tiles.
+FP8 per-row ``(1, None)``, ``(1, G)`` and ``(G, 1)`` run the row/column
+reductions of :mod:`._grouped`. Ragged shapes are zero-padded to whole CTA
+bands (zeros change no maximum; the padding is sliced off); aligned shapes
+copy nothing. ``dequantize`` serves None and ``(S, S)`` tiles.
 """
 
 import dataclasses
@@ -44,7 +44,7 @@ from pallas_kernels._hash import random_bits, uniform_from_bits
 from pallas_kernels._quantize_reference import fp8_grid
 from pallas_kernels._rounding import F32_MAX, NumberGrid
 from pallas_kernels._rounding import tile_scale as exact_tile_scale
-from pallas_kernels.mosaic import _hw
+from pallas_kernels.mosaic import _grouped, _hw
 from pallas_kernels.mosaic._dequantize import dequantize_blocks
 from pallas_kernels.mosaic._reciprocal import tile_scale
 
@@ -74,7 +74,7 @@ DEFAULT_CONFIG = QuantizeConfig()
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class BandPlan(_grouped.BandGeometry):
   """Static description of one kernel launch over (B, M, K)."""
 
   mode: str  # "fused" (S x S scales), "absmax" or "apply" (per-tensor)
@@ -86,14 +86,8 @@ class _Plan:
   transpose: bool = False
 
   @property
-  def padded(self) -> tuple[int, int, int]:
-    b, m, k = self.shape
-    return b, -(-m // self.block) * self.block, -(-k // self.cols) * self.cols
-
-  @property
-  def launch(self) -> tuple[int, int, int]:
-    b, m, k = self.padded
-    return b, m // self.block, k // self.cols
+  def band_rows(self) -> int:
+    return self.block
 
   @property
   def scale_grid(self) -> tuple[int, int, int]:
@@ -101,34 +95,39 @@ class _Plan:
     return b, m // self.block, k // self.block
 
 
-def _strided(block: int, vec: int):
+def strided(block: int, vec: int):
   return plgpu.Layout.WG_STRIDED((block, block), vec_size=vec)
 
 
-def _coordinates(plan: _Plan, row0, col0, layout, transposed: bool):
-  """Global hash counters (b * M + m, k) of a block's elements (uint32)."""
+def _coordinates(plan: BandPlan, row0, col0, layout, transposed: bool, batch):
+  """Global hash counters (b * M + m, k) of a block's elements (uint32);
+  ``batch`` is b (None: the launch's ``"b"`` axis)."""
   s = plan.block
   along_rows = 1 if transposed else 0
   iota = lambda axis: plgpu.layout_cast(  # noqa: E731
     lax.broadcasted_iota(jnp.int32, (s, s), axis), layout
   )
-  b = lax.axis_index("b").astype(jnp.uint32)
+  b = lax.axis_index("b") if batch is None else batch
+  b = b.astype(jnp.uint32)
   row = (row0 + iota(along_rows)).astype(jnp.uint32)
   row = b * jnp.uint32(plan.shape[1] & 0xFFFFFFFF) + row
   return row, (col0 + iota(1 - along_rows)).astype(jnp.uint32)
 
 
-def _codes(plan, x, inverse, ok, seed, row0, col0, layout, transposed):
+def block_codes(
+  plan, x, inverse, ok, seed, row0, col0, layout, transposed, batch=None
+):
+  """Codes of one S x S block ``x`` (f32, ``layout``) at (row0, col0)."""
   u = None
   if plan.stochastic:
-    row, col = _coordinates(plan, row0, col0, layout, transposed)
+    row, col = _coordinates(plan, row0, col0, layout, transposed, batch)
     u = uniform_from_bits(random_bits(seed, row, col))
   # Zeroing y (not the 8-bit codes: Mosaic has no 8-bit arithmetic) gives
   # the reference's zero codes of a poisoned tile under both roundings.
   return plan.grid.round(jnp.where(ok, x * inverse, 0.0), u)
 
 
-def _block_max(x):
+def block_max(x):
   """(finite absmax, no NaN/inf) of a block with one max reduction."""
   a = jnp.abs(x)
   m = jnp.max(jnp.where(a <= F32_MAX, a, jnp.inf))
@@ -136,7 +135,7 @@ def _block_max(x):
   return jnp.where(ok, m, 0.0), ok
 
 
-def _kernel(*refs, plan: _Plan):
+def _kernel(*refs, plan: BandPlan):
   """One CTA: a ``block x cols`` band of x (see the module docstring)."""
   refs = list(refs)
   x_g = refs.pop(0)
@@ -160,27 +159,29 @@ def _kernel(*refs, plan: _Plan):
     inverse = inv_g[0]
     ok = inverse <= F32_MAX
   vec = min(8, s * s // 128)
-  layout = _strided(s, vec)
+  layout = strided(s, vec)
   for t in range(cols // s):
     sub = pl.ds(t * s, s)
     block_s = x_s.at[:, sub]
     x = plgpu.load(block_s, layout=layout).astype(jnp.float32)
     block_j = j * (cols // s) + t
     if plan.mode == "absmax":
-      m, ok = _block_max(x)
+      m, ok = block_max(x)
       m_g[bi, i, block_j] = jnp.where(ok, m, jnp.inf)
       continue
     if plan.mode == "fused":
-      absmax, ok = _block_max(x)
+      absmax, ok = block_max(x)
       scale, inverse = tile_scale(absmax, ok, plan.grid.qmax)
       s_g[bi, i, block_j] = scale
     row0, col0 = i * s, j * cols + t * s
-    q_s[:, sub] = _codes(plan, x, inverse, ok, seed, row0, col0, layout, False)
+    q_s[:, sub] = block_codes(
+      plan, x, inverse, ok, seed, row0, col0, layout, False
+    )
     if plan.transpose:
       # Column-strided SMEM read: x^T of this block, one element per load.
-      flipped = _strided(s, 1)
+      flipped = strided(s, 1)
       x_t = plgpu.load(block_s.T, layout=flipped).astype(jnp.float32)
-      qt_s[sub, :] = _codes(
+      qt_s[sub, :] = block_codes(
         plan, x_t, inverse, ok, seed, row0, col0, flipped, True
       )
   if plan.mode == "absmax":
@@ -192,15 +193,7 @@ def _kernel(*refs, plan: _Plan):
   plgpu.wait_smem_to_gmem(0)
 
 
-def _pad(x: Array, plan: _Plan) -> Array:
-  _, m, k = x.shape
-  _, pm, pk = plan.padded
-  if (pm, pk) == (m, k):
-    return x
-  return jnp.pad(x, ((0, 0), (0, pm - m), (0, pk - k)))
-
-
-def _launch(plan: _Plan, args, interpret, name):
+def _launch(plan: BandPlan, args, interpret, name):
   b, m, k = plan.padded
   s, cols = plan.block, plan.cols
   x_dtype = args[0].dtype
@@ -231,8 +224,8 @@ def _launch(plan: _Plan, args, interpret, name):
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
-def _quantize_blocks(x, seed, *, plan: _Plan, interpret):
-  args = [_pad(x, plan)] + ([] if seed is None else [seed])
+def _quantize_blocks(x, seed, *, plan: BandPlan, interpret):
+  args = [plan.pad(x)] + ([] if seed is None else [seed])
   name = "lpj_mosaic_quantize_" + ("int8" if plan.grid.is_int8 else "fp8")
   name += "_transpose" if plan.transpose else ""
   outs = _launch(plan, args, interpret, name)
@@ -245,9 +238,9 @@ def _quantize_blocks(x, seed, *, plan: _Plan, interpret):
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))
-def _quantize_tensor(x, seed, *, plan: _Plan, interpret):
+def _quantize_tensor(x, seed, *, plan: BandPlan, interpret):
   """Per-tensor scale: block maxima, their max in XLA, then the codes."""
-  x = _pad(x, plan)
+  x = plan.pad(x)
   stage1 = dataclasses.replace(plan, mode="absmax", stochastic=False)
   (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_absmax")
   absmax = jnp.max(maxima).reshape(1, 1, 1)
@@ -262,8 +255,8 @@ def _quantize_tensor(x, seed, *, plan: _Plan, interpret):
   return q[:, :m, :k], scale
 
 
-def _block_plan(x, block, grid, seed, transpose, config) -> _Plan:
-  return _Plan(
+def _block_plan(x, block, grid, seed, transpose, config) -> BandPlan:
+  return BandPlan(
     mode="fused",
     shape=tuple(x.shape),
     block=block,
@@ -306,21 +299,34 @@ def _square_block(tile) -> int | None:
   return None
 
 
-def unsupported_tile_reason(tile) -> str | None:
-  """Why the Mosaic quantize/dequantize kernels cannot serve ``tile``."""
+def unsupported_dequantize_reason(tile) -> str | None:
+  """Why the Mosaic dequantize kernel cannot serve ``tile``."""
   if tile is None or _square_block(tile):
     return None
   return (
-    f"the Mosaic GPU quantize kernels serve tile None (per-tensor) and "
+    f"the Mosaic GPU dequantize kernel serves tile None (per-tensor) and "
     f"(S, S) with S in (32, 64, 128); got tile {tile!r}"
   )
 
 
-def _check_tile(tile) -> None:
+def unsupported_tile_reason(tile) -> str | None:
+  """Why the Mosaic FP8 quantize kernels cannot serve ``tile``."""
+  if unsupported_dequantize_reason(tile) is None:
+    return None
+  if _grouped.unsupported_reason(tile) is None:
+    return None
+  return (
+    f"the Mosaic GPU quantize kernels serve tile None (per-tensor), (S, S) "
+    f"with S in (32, 64, 128), (1, None) (per-row), (1, G) with G in "
+    f"{_grouped.GROUPS} and (G, 1) with G in {_grouped.COLUMN_GROUPS}; "
+    f"got tile {tile!r}"
+  )
+
+
+def _check_tile(tile, reason) -> None:
   L.tile_layout((1, 1, 1), tile, 1, 1)  # ValueError for a malformed tile
-  reason = unsupported_tile_reason(tile)
-  if reason:
-    raise NotImplementedError(reason)
+  if reason(tile):
+    raise NotImplementedError(reason(tile))
 
 
 def quantize_fp8(
@@ -334,12 +340,18 @@ def quantize_fp8(
   config: QuantizeConfig = DEFAULT_CONFIG,
 ):
   """FP8 codes of ``dtype`` and f32 scales of x (B, M, K) over ``tile``
-  (None or (S, S)); the contract of :func:`pallas_kernels.quantize
-  .quantize_fp8`. Returns ``(q, s)``."""
+  (None, (S, S), (1, None), (1, G) or (G, 1)); the contract of
+  :func:`pallas_kernels.quantize.quantize_fp8`. Returns ``(q, s)``. The
+  band width of ``config`` applies to None and (S, S) tiles."""
   L.check_array("x", x, L.FLOAT_DTYPES)
   grid = fp8_grid(dtype)
-  _check_tile(tile)
+  _check_tile(tile, unsupported_tile_reason)
   seed = L.seed_array(seed, rounding)
+  if tile is not None and not _square_block(tile):
+    plan = _grouped.plan_for(tile, x.shape, grid, seed is not None)
+    run = _grouped.quantize_rows if plan.mode == "apply" else None
+    run = run or _grouped.quantize_grouped
+    return run(x, seed, plan=plan, interpret=interpret)
   if tile is None:
     plan = _block_plan(x, TENSOR_BLOCK, grid, seed, False, config)
     plan = dataclasses.replace(plan, mode="apply")
@@ -360,7 +372,7 @@ def dequantize(
   """``q * s`` per tile (in f32), cast to ``out_dtype``; tile None or
   (S, S) (the contract of :func:`pallas_kernels.quantize.dequantize`)."""
   L.check_array("q", q, (np.dtype(np.int8), *L.FP8_DTYPES))
-  _check_tile(tile)
+  _check_tile(tile, unsupported_dequantize_reason)
   layout = L.tile_layout(q.shape, tile, 1, 1)
   what = f"q of shape {tuple(q.shape)} and tile {tile!r}"
   L.check_scales("s", s, layout.scale_shape, what)

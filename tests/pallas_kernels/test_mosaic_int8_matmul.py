@@ -4,12 +4,16 @@ On CPU through the Mosaic GPU interpreter (small shapes), on a GPU compiled
 (realistic shapes); see ``mosaic_support``.
 """
 
+import functools
+
+import jax
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lowprec_jax.formats import Int8Block, quantize
+from pallas_kernels import int8_matmul as portable
 from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 from tests.helpers import normal
 from tests.pallas_kernels import mosaic_support as ms
@@ -101,7 +105,84 @@ def test_invalid_arguments_raise_with_the_reason():
     int8_block_matmul(
       a.qvalue, a.scale, a.qvalue.astype(jnp.float32), a.scale, block=32
     )
-  with pytest.raises(NotImplementedError, match="INT8-out epilogue"):
+  with pytest.raises(NotImplementedError, match="out_block=128"):
     int8_block_matmul(
-      a.qvalue, a.scale, a.qvalue, a.scale, block=32, out_block=32
+      a.qvalue, a.scale, a.qvalue, a.scale, block=32, out_block=128
     )
+  with pytest.raises(ValueError, match="needs seed"):
+    int8_block_matmul(
+      a.qvalue,
+      a.scale,
+      a.qvalue,
+      a.scale,
+      block=32,
+      out_block=32,
+      out_rounding="stochastic",
+    )
+
+
+@pytest.mark.parametrize(
+  "block,out_block,rounding,shape",
+  [
+    (32, 32, "nearest", ms.EXACT),  # Jetfire forward
+    (32, 32, "stochastic", ms.RAGGED),  # Jetfire dgrad
+    (128, 64, "stochastic", ms.EXACT),
+  ],
+)
+def test_int8_out_epilogue_matches_portable_reference(
+  block, out_block, rounding, shape
+):
+  # Integer codes (row 31 of a all 127, the rest in [-5, 5]) and
+  # power-of-two scales make the fp32 output exact on CPU and GPU alike
+  # (multiples of 1/4 below 127 * 5 * 4 * K <= 2^22 for K <= 512), so its
+  # requantization (absmax, scale, exact reciprocal, RTN or SR at the output
+  # coordinates) must give the reference's codes and scales bit for bit.
+  # Row 31 puts the maxima of the first blocks in a block's last row. With
+  # block 32 a NaN operand scale poisons the last 32 rows of a: their output
+  # blocks get scale NaN and codes 0.
+  bsz, m, n, k = shape
+  a = ms.exact_operand(Int8Block(block), (bsz, m, k), "oa", block)
+  b = ms.exact_operand(Int8Block(block), (bsz, n, k), "ob", block)
+  a_q, a_s = a.qvalue.at[:, 31, :].set(127), a.scale
+  if block == 32:
+    a_s = a_s.at[-1, -1, 0].set(jnp.nan)
+  seed = jnp.uint32(2**32 - 3) if rounding == "stochastic" else None
+  kw = dict(block=block, out_block=out_block, out_rounding=rounding)
+  args = (a_q, a_s, b.qvalue, b.scale)
+  got = ms.finished(_jitted_int8_out(*args, seed, **kw))
+  want = portable.int8_block_matmul_reference(*args, seed=seed, **kw)
+  for g, w in zip(got, want):
+    ms.assert_bitwise(g, w)
+  if block == 32:
+    poisoned = -(-(m - (m - 1) // 32 * 32) // out_block)
+    assert np.isnan(np.asarray(got[1])[-1, -poisoned:]).all()
+
+
+@functools.partial(
+  jax.jit, static_argnames=("block", "out_block", "out_rounding", "interpret")
+)
+def _jitted_int8_out(a_q, a_s, b_q, b_s, seed, **kw):
+  return int8_block_matmul(a_q, a_s, b_q, b_s, seed=seed, **kw)
+
+
+@pytest.mark.skipif(ms.ON_GPU, reason="race detection is an interpreter tool")
+def test_no_races_in_the_int8_out_epilogue():
+  # The fp32 tile and the row maxima go through SMEM between lanes.
+  bsz, m, n, k = ms.ALIGNED
+  a = ms.exact_operand(Int8Block(32), (bsz, m, k), "race_oa")
+  b = ms.exact_operand(Int8Block(32), (bsz, n, k), "race_ob")
+  params = plgpu.InterpretGPUParams(detect_races=True)
+  ms.finished(
+    _jitted_int8_out(
+      a.qvalue,
+      a.scale,
+      b.qvalue,
+      b.scale,
+      jnp.uint32(1),
+      block=32,
+      out_block=32,
+      out_rounding="stochastic",
+      interpret=params,
+    )
+  )
+  assert not ms.races_found()

@@ -68,6 +68,35 @@ def test_int8_block_matmul_lowers(block, out_dtype):
   assert CUSTOM_CALL in _lowered_text(fn, *_int8_args(SHAPE, block))
 
 
+@pytest.mark.parametrize(
+  "block,out_block,rounding",
+  [
+    (32, 32, "nearest"),  # Jetfire forward
+    (32, 32, "stochastic"),  # Jetfire dgrad
+    (64, 64, "nearest"),
+    (128, 32, "stochastic"),
+    (128, 64, "stochastic"),
+  ],
+)
+def test_int8_out_epilogue_lowers(block, out_block, rounding):
+  fn = lambda *x: int8_block_matmul(  # noqa: E731
+    *x,
+    block=block,
+    out_block=out_block,
+    out_rounding=rounding,
+    seed=jnp.uint32(5),
+    interpret=False,
+  )
+  assert CUSTOM_CALL in _lowered_text(fn, *_int8_args(SHAPE, block))
+
+
+def test_ragged_int8_out_epilogue_lowers():
+  fn = lambda *x: int8_block_matmul(  # noqa: E731
+    *x, block=32, out_block=32, interpret=False
+  )
+  assert CUSTOM_CALL in _lowered_text(fn, *_int8_args(RAGGED, 32))
+
+
 FP8_CASES = [
   (None, None, jnp.float8_e4m3fn, jnp.bfloat16),
   (None, None, jnp.float8_e5m2, jnp.float32),
@@ -134,6 +163,11 @@ def test_default_configs_fit_the_hardware():
       )
       assert isinstance(config, TuningConfig)
       assert config.max_concurrent_steps >= 3
+  for n_sub in (4, 1):  # the INT8-out epilogue stages its tiles in SMEM
+    config = default_config(
+      promoted=True, n_sub=n_sub, out_itemsize=4, requantize=True
+    )
+    assert config.max_concurrent_steps >= 3
 
 
 def test_benchmark_sweep_configs_lower():
@@ -186,6 +220,30 @@ def test_quantize_fp8_lowers(tile, dtype):
   )
   x = jnp.zeros(QUANTIZE_SHAPE, jnp.float32)
   assert CUSTOM_CALL in _lowered_text(fn, x)
+
+
+@pytest.mark.parametrize(
+  "tile", [(1, None), (1, 32), (1, 64), (1, 128), (1, 256), (64, 1), (128, 1)]
+)
+@pytest.mark.parametrize("x_dtype", [jnp.float32, jnp.bfloat16])
+def test_quantize_fp8_rows_and_groups_lower(tile, x_dtype):
+  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
+    x,
+    dtype=jnp.float8_e5m2,
+    tile=tile,
+    rounding="stochastic",
+    seed=1,
+    interpret=False,
+  )
+  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros(QUANTIZE_SHAPE, x_dtype))
+
+
+@pytest.mark.parametrize("tile", [(1, None), (1, 128), (256, 1)])
+def test_ragged_fp8_rows_and_groups_lower(tile):
+  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
+    x, dtype=jnp.float8_e4m3fn, tile=tile, interpret=False
+  )
+  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros((2, 70, 45), jnp.float16))
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,30 @@ def test_fp8_matches_twin(tile, dtype):
     assert_bitwise(g, w)
 
 
+@pytest.mark.parametrize(
+  "tile, rounding",
+  [
+    ((1, None), "stochastic"),
+    ((1, 128), "nearest"),
+    ((1, 128), "stochastic"),
+    ((1, 32), "nearest"),
+    ((128, 1), "stochastic"),
+    ((64, 1), "nearest"),
+  ],
+)
+def test_fp8_rows_and_groups_match_twin(tile, rounding):
+  """Per-row, 1 x G and G x 1 scales (row/column reductions in the WGMMA
+  layout), special values included; ragged except one aligned bf16 case."""
+  aligned = tile == (1, 128) and rounding == "nearest"
+  x = normal(ALIGNED if aligned else RAGGED, seed=5) * 30
+  x = _with_specials(x.astype(jnp.bfloat16) if aligned else x)
+  dtype = E5M2 if rounding == "stochastic" else E4M3
+  kw = dict(dtype=dtype, tile=tile, rounding=rounding, seed=2**31 + 5)
+  got = finished(Q.quantize_fp8(x, **kw))
+  for g, w in zip(got, portable.quantize_fp8_reference(x, **kw)):
+    assert_bitwise(g, w)
+
+
 def test_fp8_per_tensor_poisoned_by_nan():
   x = normal(RAGGED, seed=4).at[1, 5, 7].set(jnp.nan)
   q, s = finished(Q.quantize_fp8(x, dtype=E4M3, tile=None))
@@ -84,8 +108,12 @@ def test_fp8_per_tensor_poisoned_by_nan():
 
 @pytest.mark.parametrize(
   "fmt, rounding",
-  [(Int8Block(32), "stochastic"), (Fp8.per_tensor(), "nearest")],
-  ids=["int8_32_sr", "fp8_tensor"],
+  [
+    (Int8Block(32), "stochastic"),
+    (Fp8.per_tensor(), "nearest"),
+    (Fp8.groups(128), "stochastic"),
+  ],
+  ids=["int8_32_sr", "fp8_tensor", "fp8_1x128_sr"],
 )
 def test_same_bits_as_formats_quantize(fmt, rounding):
   """The library under jit. On the H200 this also checks that XLA's
@@ -95,7 +123,9 @@ def test_same_bits_as_formats_quantize(fmt, rounding):
   if isinstance(fmt, Int8Block):
     got = _int8(x, fmt.block, rounding, seed)[:2]
   else:
-    got = finished(Q.quantize_fp8(x, dtype=E4M3, tile=None))
+    got = finished(
+      Q.quantize_fp8(x, dtype=E4M3, tile=fmt.tile, rounding=rounding, seed=seed)
+    )
   want = _library(x, jnp.uint32(seed), fmt=fmt, rounding=rounding)
   assert_bitwise(got[0], want[0])
   assert_bitwise(got[1], want[1])
@@ -149,9 +179,37 @@ def test_no_races_with_transpose():
   assert not races_found()
 
 
+@pytest.mark.skipif(ON_GPU, reason="race detection is an interpreter feature")
+def test_no_races_in_group_kernels():
+  """The column reduction shares SMEM scratch across warps; the row scales
+  go out of an SMEM row written by replicated lanes."""
+  x = normal((1, 128, 128), seed=3)
+  params = plgpu.InterpretGPUParams(detect_races=True)
+  for tile in [(128, 1), (1, 128)]:
+    finished(
+      Q.quantize_fp8(
+        x,
+        dtype=E4M3,
+        tile=tile,
+        rounding="stochastic",
+        seed=1,
+        interpret=params,
+      )
+    )
+    assert not races_found(), tile
+
+
 def test_unsupported_tiles_raise_with_the_tile():
   x = jnp.zeros((1, 8, 8), jnp.float32)
-  with pytest.raises(NotImplementedError, match=r"\(1, 128\)"):
-    Q.quantize_fp8(x, dtype=E4M3, tile=(1, 128))
+  with pytest.raises(NotImplementedError, match=r"\(1, 16\)"):
+    Q.quantize_fp8(x, dtype=E4M3, tile=(1, 16))
+  with pytest.raises(NotImplementedError, match=r"\(32, 1\)"):
+    Q.quantize_fp8(x, dtype=E4M3, tile=(32, 1))
+  with pytest.raises(NotImplementedError, match=r"dequantize.*\(1, 128\)"):
+    Q.dequantize(
+      jnp.zeros((1, 8, 8), E4M3),
+      jnp.ones((1, 8, 1), jnp.float32),
+      tile=(1, 128),
+    )
   with pytest.raises(ValueError, match="block must be one of"):
     Q.quantize_int8_block(x, block=16)
