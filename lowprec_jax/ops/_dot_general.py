@@ -269,7 +269,8 @@ def quantized_dot_general(
     config: a :class:`DotQuantConfig` or a recipe name ("jetfire_int8", ...).
     implementation: "xla" (jnp quantizers, XLA dots), "pallas" (the
       portable Pallas kernels for quantization and GEMMs; interpreted on a
-      CPU) or None: the best available for the backend (on a GPU "mosaic",
+      CPU), "mosaic" (the Hopper kernels; through the Mosaic GPU
+      interpreter on a CPU, where it must run under ``jax.jit``) or None: the best available for the backend (on a GPU "mosaic",
       "pallas", "xla", the first that supports every GEMM of the config; on
       a CPU "xla"). An implementation that cannot run raises
       ``NotImplementedError`` with the reason.
