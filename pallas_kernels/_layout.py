@@ -50,10 +50,15 @@ def check_array(name: str, x, dtypes, ndim: int = 3) -> None:
     )
 
 
-def check_operands(a_q, b_q, dtypes) -> tuple[int, int, int, int]:
-  """Checks K-major GEMM operands (B, M, K) and (B, N, K); returns BMNK."""
+def check_operands(
+  a_q, b_q, dtypes, b_dtypes=None
+) -> tuple[int, int, int, int]:
+  """Checks K-major GEMM operands (B, M, K) and (B, N, K); returns BMNK.
+
+  ``b_dtypes`` (default: ``dtypes``) when b takes other code dtypes.
+  """
   check_array("a_q", a_q, dtypes)
-  check_array("b_q", b_q, dtypes)
+  check_array("b_q", b_q, dtypes if b_dtypes is None else b_dtypes)
   (ba, m, k), (bb, n, kb) = a_q.shape, b_q.shape
   if ba != bb or k != kb:
     raise ValueError(

@@ -54,7 +54,7 @@ def dequantize_blocks(
     s = jnp.pad(
       s, ((0, 0), (0, pm // block - s.shape[1]), (0, pk // block - s.shape[2]))
     )
-  out = plgpu.kernel(
+  out = _hw.band_kernel(
     functools.partial(_kernel, block=block, cols=cols, per_tensor=per_tensor),
     out_type=jax.ShapeDtypeStruct((b, pm, pk), out_dtype),
     scratch_types=(
@@ -63,9 +63,7 @@ def dequantize_blocks(
       plgpu.Barrier(num_arrivals=1),
     ),
     grid=(b, pm // block, pk // cols),
-    grid_names=("b", "i", "j"),
-    compiler_params=_hw.lane_params(),
-    interpret=_hw.interpret_params(interpret),
-    kernel_name="lpj_mosaic_dequantize",
+    interpret=interpret,
+    name="lpj_mosaic_dequantize",
   )(q, s)
   return out[:, :m, :k]

@@ -231,15 +231,13 @@ def _launch(plan: GroupPlan, args, interpret, name):
   scratch.append(plgpu.Barrier(num_arrivals=1))
   if plan.mode == "apply":
     scratch.append(plgpu.Barrier(num_arrivals=1))
-  return plgpu.kernel(
+  return _hw.band_kernel(
     functools.partial(_kernel, plan=plan),
     out_type=tuple(outs),
     scratch_types=tuple(scratch),
     grid=plan.launch,
-    grid_names=("b", "i", "j"),
-    compiler_params=_hw.lane_params(),
-    interpret=_hw.interpret_params(interpret),
-    kernel_name=name,
+    interpret=interpret,
+    name=name,
   )(*args)
 
 

@@ -51,3 +51,19 @@ def lane_params() -> plgpu.CompilerParams:
   """Lane semantics: the layouts the kernel names are the layouts used
   (the elementwise quantize kernels pick strided layouts themselves)."""
   return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
+
+
+def band_kernel(body, *, out_type, scratch_types, grid, interpret, name):
+  """``plgpu.kernel`` for the elementwise band kernels (quantize,
+  dequantize): a (batch, row band, column band) grid named ("b", "i", "j"),
+  Lane semantics, and the GPU interpreter when ``interpret`` asks for it."""
+  return plgpu.kernel(
+    body,
+    out_type=out_type,
+    scratch_types=scratch_types,
+    grid=grid,
+    grid_names=("b", "i", "j"),
+    compiler_params=lane_params(),
+    interpret=interpret_params(interpret),
+    kernel_name=name,
+  )

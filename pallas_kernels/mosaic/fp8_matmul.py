@@ -28,11 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels import _layout as L
 from pallas_kernels._common import cdiv
-from pallas_kernels._layout import describe
 from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
-from pallas_kernels.mosaic.int8_matmul import OUT_DTYPES
 
 A_DTYPES = (np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2))
 B_DTYPES = (np.dtype(jnp.float8_e4m3fn),)
@@ -70,16 +69,7 @@ def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
 
 def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
   """Raises ValueError / NotImplementedError naming what is wrong."""
-  for name, q, dtypes in (("a_q", a_q, A_DTYPES), ("b_q", b_q, B_DTYPES)):
-    if q.ndim != 3 or np.dtype(q.dtype) not in dtypes:
-      raise ValueError(
-        f"{name} has {describe(q)}; expected a 3-D (B, rows, K) array of "
-        + " or ".join(str(d) for d in dtypes)
-      )
-  if a_q.shape[0] != b_q.shape[0] or a_q.shape[2] != b_q.shape[2]:
-    raise ValueError(
-      f"a_q {describe(a_q)} and b_q {describe(b_q)} must share B and K"
-    )
+  L.check_operands(a_q, b_q, A_DTYPES, B_DTYPES)
   reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
   if reason:
     raise NotImplementedError(reason)
@@ -87,12 +77,7 @@ def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
     ("a_s", a_q, a_s, a_tile),
     ("b_s", b_q, b_s, b_tile),
   ):
-    want = _scale_shape(q.shape, tile)
-    if tuple(s.shape) != want or s.dtype != jnp.float32:
-      raise ValueError(
-        f"{name} has {describe(s)}; expected float32 scales of shape {want} "
-        f"for tile {tile}"
-      )
+    L.check_scales(name, s, _scale_shape(q.shape, tile), f"tile {tile}")
 
 
 @functools.partial(
@@ -125,11 +110,7 @@ def fp8_matmul(
     (B, M, N) in ``out_dtype``.
   """
   check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile)
-  if np.dtype(out_dtype) not in OUT_DTYPES:
-    raise ValueError(
-      f"out_dtype must be float32, bfloat16 or float16, got "
-      f"{np.dtype(out_dtype)}"
-    )
+  out_dtype = L.check_out_dtype(out_dtype)
   return scaled_matmul(
     a_q,
     a_s,

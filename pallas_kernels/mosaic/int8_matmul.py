@@ -33,18 +33,12 @@ import numpy as np
 
 from pallas_kernels import _layout as L
 from pallas_kernels._common import cdiv
-from pallas_kernels._layout import describe
 from pallas_kernels._rounding import NumberGrid
 from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
 from pallas_kernels.mosaic.quantize import BandPlan
 
 BLOCKS = (32, 64, 128)
-OUT_DTYPES = (
-  np.dtype(jnp.float32),
-  np.dtype(jnp.bfloat16),
-  np.dtype(jnp.float16),
-)
 OUT_BLOCKS = (32, 64)  # must divide the 64 x 128 warpgroup tile
 
 
@@ -52,23 +46,10 @@ def check_int8_operands(a_q, a_s, b_q, b_s, block) -> None:
   """Raises ValueError naming the first argument that breaks the contract."""
   if block not in BLOCKS:
     raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
-  for name, q in (("a_q", a_q), ("b_q", b_q)):
-    if q.ndim != 3 or q.dtype != jnp.int8:
-      raise ValueError(
-        f"{name} has {describe(q)}; expected a 3-D (B, rows, K) int8 array"
-      )
-  if a_q.shape[0] != b_q.shape[0] or a_q.shape[2] != b_q.shape[2]:
-    raise ValueError(
-      f"a_q {describe(a_q)} and b_q {describe(b_q)} must share B and K"
-    )
-  batch, _, k = a_q.shape
+  batch, _, _, k = L.check_operands(a_q, b_q, (np.dtype(np.int8),))
   for name, q, s in (("a_s", a_q, a_s), ("b_s", b_q, b_s)):
     want = (batch, cdiv(q.shape[1], block), cdiv(k, block))
-    if tuple(s.shape) != want or s.dtype != jnp.float32:
-      raise ValueError(
-        f"{name} has {describe(s)}; expected float32 scales of shape {want} "
-        f"for {block}x{block} blocks"
-      )
+    L.check_scales(name, s, want, f"{block}x{block} blocks")
 
 
 @functools.partial(
@@ -117,11 +98,7 @@ def int8_block_matmul(
       64-row tile).
   """
   check_int8_operands(a_q, a_s, b_q, b_s, block)
-  if np.dtype(out_dtype) not in OUT_DTYPES:
-    raise ValueError(
-      f"out_dtype must be float32, bfloat16 or float16, got "
-      f"{np.dtype(out_dtype)}"
-    )
+  out_dtype = L.check_out_dtype(out_dtype)
   requantize = _requantize_plan(a_q, b_q, out_block, out_rounding, seed)
   if requantize is not None and requantize.stochastic:
     seed = L.seed_array(seed, out_rounding)

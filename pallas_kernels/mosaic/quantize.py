@@ -211,15 +211,13 @@ def _launch(plan: BandPlan, args, interpret, name):
       outs.append(jax.ShapeDtypeStruct((b, k, m), code))
       scratch.append(plgpu.SMEM((cols, s), code))
   scratch.append(plgpu.Barrier(num_arrivals=1))
-  return plgpu.kernel(
+  return _hw.band_kernel(
     functools.partial(_kernel, plan=plan),
     out_type=tuple(outs),
     scratch_types=tuple(scratch),
     grid=plan.launch,
-    grid_names=("b", "i", "j"),
-    compiler_params=_hw.lane_params(),
-    interpret=_hw.interpret_params(interpret),
-    kernel_name=name,
+    interpret=interpret,
+    name=name,
   )(*args)
 
 
