@@ -11,7 +11,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from lowprec_jax.formats import derive_seed, fake_quantize
-from lowprec_jax.ops import get_recipe
+from lowprec_jax.ops import (
+  fp8_block,
+  fp8_current,
+  get_recipe,
+  jetfire_int8,
+)
 from lowprec_jax.ops._dimension_numbers import canonicalize
 
 # The op's salts (white-box: the oracle must draw the same noise).
@@ -25,6 +30,14 @@ from lowprec_jax.ops._dot_general import (
 )
 
 HI = lax.Precision.HIGHEST
+
+# The recipes every implementation (xla, pallas, mosaic) is compared on.
+KERNEL_RECIPES = {
+  "jetfire_int8": jetfire_int8(),
+  "jetfire_int8_b128": jetfire_int8(128),
+  "fp8_current": fp8_current(),
+  "fp8_block": fp8_block(),
+}
 
 
 def _fq(x, spec, seed, salt):

@@ -24,20 +24,12 @@ import pytest
 
 from lowprec_jax.ops import (
   census,
-  fp8_block,
-  fp8_current,
-  jetfire_int8,
   quantized_dot_general,
 )
 from tests.helpers import F32_EPS, all_dots, normal
-from tests.ops.reference import abs_dot
+from tests.ops.reference import KERNEL_RECIPES, abs_dot
 
-CONFIGS = {
-  "jetfire_int8": jetfire_int8(),
-  "jetfire_int8_b128": jetfire_int8(128),
-  "fp8_current": fp8_current(),
-  "fp8_block": fp8_block(),
-}
+CONFIGS = KERNEL_RECIPES
 # A 3-D linear layer, ragged against every tile: canonical M = 74, N = 72,
 # K = 160.
 DIMS = (((2,), (0,)), ((), ()))

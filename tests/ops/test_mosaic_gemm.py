@@ -21,22 +21,17 @@ from lowprec_jax.ops import (
   OperandQuant,
   _dispatch,
   census,
-  fp8_block,
   fp8_current,
   jetfire_int8,
   quantized_dot_general,
 )
 from tests.helpers import normal, rel_err
+from tests.ops.reference import KERNEL_RECIPES
 
 ON_GPU = jax.default_backend() == "gpu"
 M, K, N = (1024, 2048, 1536) if ON_GPU else (128, 256, 128)
 DIMS = (((1,), (0,)), ((), ()))
-RECIPES = {
-  "jetfire_int8": jetfire_int8(),
-  "jetfire_int8_b128": jetfire_int8(128),
-  "fp8_current": fp8_current(),
-  "fp8_block": fp8_block(),
-}
+RECIPES = KERNEL_RECIPES
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
