@@ -16,8 +16,8 @@ Everything compiles on a GPU and runs through the Mosaic GPU interpreter on a
 CPU (for tests; ``implementation=None`` never picks it there; run it under
 ``jax.jit`` there: eager autodiff dispatches XLA work while the interpreter's
 callbacks run their own, which can deadlock a 2-core host). Codes, scales
-and INT8 GEMMs are bit-identical to ``"xla"`` (on a GPU the reference's
-``1 / scale`` is XLA's ``div.full``, the kernels' is correctly rounded: see
+and INT8 GEMMs are bit-identical to ``"xla"`` (both take a correctly
+rounded ``1 / scale``, never the GPU's approximate division: see
 ``pallas_kernels/mosaic/_reciprocal.py``); FP8 GEMMs differ only in the f32
 summation order (and, on Hopper, the FP8 accumulator's precision).
 """

@@ -5,10 +5,11 @@ the H200 (``benchmarks/gpu_check.sh``) the same tests run compiled on
 realistic shapes (``mosaic_support.ON_GPU``). Every comparison is exact:
 codes and scales against the plain-jnp twins of :mod:`pallas_kernels.quantize`
 (correctly rounded reciprocal, any backend) and against
-``lowprec_jax.formats.quantize`` under ``jit``. On a GPU the library's
-``1 / scale`` is XLA's ``div.full.f32`` (not correctly rounded), so there
-the library comparison is its own test: a failure there is a finding about
-the library's GPU reciprocal, not about the kernels.
+``lowprec_jax.formats.quantize`` under ``jit`` (which also takes the
+correctly rounded reciprocal, ``pallas_kernels._rounding.reciprocal_rn``,
+rather than the GPU's approximate ``div.full.f32``). The library comparison
+is its own test, so a GPU failure there points at the library, not at the
+kernels.
 """
 
 import jax
