@@ -270,9 +270,10 @@ def quantized_dot_general(
     implementation: "xla" (jnp quantizers, XLA dots), "pallas" (the
       portable Pallas kernels for quantization and GEMMs; interpreted on a
       CPU), "mosaic" (the Hopper kernels; through the Mosaic GPU
-      interpreter on a CPU, where it must run under ``jax.jit``) or None: the best available for the backend (on a GPU "mosaic",
-      "pallas", "xla", the first that supports every GEMM of the config; on
-      a CPU "xla"). An implementation that cannot run raises
+      interpreter on a CPU, where it must run under ``jax.jit``) or None:
+      the best available for the backend (on a GPU "mosaic", "pallas",
+      "xla", the first that supports every GEMM of the config; on a CPU
+      "xla"). An implementation that cannot run raises
       ``NotImplementedError`` with the reason.
     seed: required when the config rounds stochastically: an int, a uint32
       scalar or a PRNG key. The same seed gives bit-identical results.
