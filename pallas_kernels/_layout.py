@@ -1,4 +1,4 @@
-"""Shared kernel plumbing: argument checks, program tiles, masked tile access.
+"""Portable-kernel plumbing: program tiles and masked tile access.
 
 Every kernel works on canonical 3-D arrays ``(B, R, C)`` and a grid
 ``(B, cdiv(R, rows), cdiv(C, cols))`` of ``rows x cols`` program tiles. Edge
@@ -24,93 +24,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import cdiv
-from pallas_kernels._hash import random_bits, uniform_from_bits
-from pallas_kernels._rounding import NumberGrid
-
-FLOAT_DTYPES = tuple(
-  np.dtype(d) for d in (jnp.float32, jnp.bfloat16, np.float16)
-)
-FP8_DTYPES = tuple(np.dtype(d) for d in (jnp.float8_e4m3fn, jnp.float8_e5m2))
-Tile = tuple[int | None, int | None] | None
-
-
-def describe(x) -> str:
-  """'shape (2, 3, 4) and dtype float32' for error messages."""
-  shape = tuple(getattr(x, "shape", ()))
-  return f"shape {shape} and dtype {getattr(x, 'dtype', type(x).__name__)}"
-
-
-def check_array(name: str, x, dtypes, ndim: int = 3) -> None:
-  """Raises ValueError unless ``x`` is an ``ndim``-D array of one of ``dtypes``."""
-  dtype = getattr(x, "dtype", None)
-  if dtype is None or np.dtype(dtype) not in dtypes or x.ndim != ndim:
-    names = ", ".join(str(d) for d in dtypes)
-    raise ValueError(
-      f"{name} has {describe(x)}; expected a {ndim}-D array of {names}"
-    )
-
-
-def check_operands(
-  a_q, b_q, dtypes, b_dtypes=None
-) -> tuple[int, int, int, int]:
-  """Checks K-major GEMM operands (B, M, K) and (B, N, K); returns BMNK.
-
-  ``b_dtypes`` (default: ``dtypes``) when b takes other code dtypes.
-  """
-  check_array("a_q", a_q, dtypes)
-  check_array("b_q", b_q, dtypes if b_dtypes is None else b_dtypes)
-  (ba, m, k), (bb, n, kb) = a_q.shape, b_q.shape
-  if ba != bb or k != kb:
-    raise ValueError(
-      f"a_q has shape {a_q.shape} and b_q has shape {b_q.shape}; expected "
-      "(B, M, K) and (B, N, K) with the same B and K"
-    )
-  return ba, m, n, k
-
-
-def check_scales(name: str, s, want: tuple[int, ...], what: str) -> None:
-  """Raises ValueError unless ``s`` is float32 of shape ``want``."""
-  check_array(name, s, (np.dtype(np.float32),))
-  if tuple(s.shape) != tuple(want):
-    raise ValueError(
-      f"{name} has {describe(s)}; for {what} expected float32 of shape "
-      f"{tuple(want)}"
-    )
-
-
-def check_out_dtype(out_dtype) -> np.dtype:
-  """The output dtype as np.dtype; ValueError unless f32, bf16 or f16."""
-  try:
-    dtype = np.dtype(out_dtype)
-  except TypeError:
-    dtype = None
-  if dtype not in FLOAT_DTYPES:
-    raise ValueError(
-      f"out_dtype must be float32, bfloat16 or float16, got {out_dtype!r}"
-    )
-  return dtype
-
-
-def is_power_of_two(n) -> bool:
-  return isinstance(n, int) and n > 0 and n & (n - 1) == 0
-
-
-def seed_array(seed, rounding: str) -> Array | None:
-  """The uint32 seed as a (1,) array for stochastic rounding, else None."""
-  if rounding not in ("nearest", "stochastic"):
-    raise ValueError(
-      f"rounding must be 'nearest' or 'stochastic', got {rounding!r}"
-    )
-  if rounding == "nearest":
-    return None
-  if seed is None:
-    raise ValueError("rounding='stochastic' needs seed= (a uint32 scalar)")
-  if isinstance(seed, (int, np.integer)):
-    return jnp.full((1,), int(seed) & 0xFFFFFFFF, jnp.uint32)
-  dtype = getattr(seed, "dtype", None)
-  if dtype is None or not jnp.issubdtype(dtype, jnp.integer) or seed.ndim:
-    raise ValueError(f"seed has {describe(seed)}; expected an integer scalar")
-  return jnp.asarray(seed).astype(jnp.uint32).reshape(1)
+from pallas_kernels.numerics import NumberGrid, random_bits, uniform_from_bits
+from pallas_kernels.tiles import Tile, TileKind, kind_of, size_of
 
 
 def call(kernel, *, grid, in_specs, outs, tuning, interpret, name, args):
@@ -138,12 +53,13 @@ def call(kernel, *, grid, in_specs, outs, tuning, interpret, name, args):
 class TileLayout:
   """Program tiles of a (B, R, C) array quantized with a scale tile.
 
-  Kinds: "block" (S x S; one scale per program), "groups" (1 x G; a scale
-  per program row), "col_groups" (G x 1; a scale per program column),
-  "rows" (1 x C; two-stage) and "tensor" (one scale; two-stage).
+  BLOCKS (S x S; one scale per program), ROW_GROUPS (1 x G; a scale per
+  program row) and COLUMN_GROUPS (G x 1; a scale per program column) are
+  fused: each program holds whole scale tiles. ROWS (1 x C) and TENSOR (one
+  scale) span many programs and take two stages.
   """
 
-  kind: str
+  kind: TileKind
   shape: tuple[int, int, int]
   rows: int
   cols: int
@@ -151,7 +67,7 @@ class TileLayout:
   @property
   def fused(self) -> bool:
     """True when every program holds whole scale tiles."""
-    return self.kind in ("block", "groups", "col_groups")
+    return self.kind in _FUSED
 
   @property
   def grid(self) -> tuple[int, int, int]:
@@ -163,17 +79,17 @@ class TileLayout:
     """Rows and columns sharing one scale (per-tensor: the whole matrix)."""
     _, r, c = self.shape
     return {
-      "block": (self.rows, self.cols),
-      "groups": (1, self.cols),
-      "col_groups": (self.rows, 1),
-      "rows": (1, c),
-      "tensor": (r, c),
+      TileKind.BLOCKS: (self.rows, self.cols),
+      TileKind.ROW_GROUPS: (1, self.cols),
+      TileKind.COLUMN_GROUPS: (self.rows, 1),
+      TileKind.ROWS: (1, c),
+      TileKind.TENSOR: (r, c),
     }[self.kind]
 
   @property
   def scale_shape(self) -> tuple[int, int, int]:
     b, r, c = self.shape
-    if self.kind == "tensor":
+    if self.kind is TileKind.TENSOR:
       return (1, 1, 1)
     tr, tc = self.scale_tile
     return b, cdiv(r, tr), cdiv(c, tc)
@@ -181,7 +97,7 @@ class TileLayout:
   @property
   def reduce_axes(self) -> tuple[int, ...]:
     """Axes of a program tile that one scale spans (fused kinds)."""
-    return {"block": (0, 1), "groups": (1,), "col_groups": (0,)}[self.kind]
+    return _FUSED[self.kind]
 
   def tile_spec(self) -> pl.BlockSpec:
     return pl.BlockSpec((None, self.rows, self.cols), lambda b, i, j: (b, i, j))
@@ -189,23 +105,31 @@ class TileLayout:
   def scale_spec(self) -> pl.BlockSpec:
     """This program's scales: (1, 1), (rows, 1) or (1, cols)."""
     block = {
-      "groups": (None, self.rows, 1),
-      "rows": (None, self.rows, 1),
-      "col_groups": (None, 1, self.cols),
+      TileKind.ROW_GROUPS: (None, self.rows, 1),
+      TileKind.ROWS: (None, self.rows, 1),
+      TileKind.COLUMN_GROUPS: (None, 1, self.cols),
     }.get(self.kind, (None, 1, 1))
-    if self.kind == "rows":
+    if self.kind is TileKind.ROWS:
       return pl.BlockSpec(block, lambda b, i, j: (b, i, 0))
-    if self.kind == "tensor":
+    if self.kind is TileKind.TENSOR:
       return pl.BlockSpec(block, lambda b, i, j: (0, 0, 0))
     return pl.BlockSpec(block, lambda b, i, j: (b, i, j))
 
   def scale_mask(self, row: Array, col: Array) -> Array | None:
     """In-range mask of this program's scales (None: always in range)."""
-    if self.kind in ("groups", "rows"):
+    if self.kind in (TileKind.ROW_GROUPS, TileKind.ROWS):
       return row < self.shape[1]
-    if self.kind == "col_groups":
+    if self.kind is TileKind.COLUMN_GROUPS:
       return col < self.shape[2]
     return None
+
+
+# Fused kinds -> the program-tile axes one scale spans.
+_FUSED = {
+  TileKind.BLOCKS: (0, 1),
+  TileKind.ROW_GROUPS: (1,),
+  TileKind.COLUMN_GROUPS: (0,),
+}
 
 
 def tile_layout(shape, tile: Tile, rows: int, cols: int) -> TileLayout:
@@ -214,26 +138,23 @@ def tile_layout(shape, tile: Tile, rows: int, cols: int) -> TileLayout:
 
   Raises:
     ValueError: for a malformed tile.
-    NotImplementedError: for valid tiles without a kernel, such as (None, 1).
+    NotImplementedError: for (None, 1) (per-column), which has no kernel.
   """
   shape = tuple(shape)
-  if tile is None:
-    return TileLayout("tensor", shape, rows, cols)
-  if not (isinstance(tile, tuple) and len(tile) == 2):
-    raise ValueError(f"tile must be None or a pair (rows, cols), got {tile!r}")
-  tr, tc = tile
-  if tile == (1, None):
-    return TileLayout("rows", shape, rows, cols)
-  if tr == 1 and is_power_of_two(tc) and tc > 1:
-    return TileLayout("groups", shape, rows, tc)
-  if tc == 1 and is_power_of_two(tr) and tr > 1:
-    return TileLayout("col_groups", shape, tr, cols)
-  if tr == tc and is_power_of_two(tr) and tr > 1:
-    return TileLayout("block", shape, tr, tr)
-  raise NotImplementedError(
-    f"tile {tile!r} has no quantize kernel; supported: None (per-tensor), "
-    "(1, None) (per-row), (1, G), (G, 1) and (S, S) with G, S powers of two"
-  )
+  kind = kind_of(tile)
+  if kind is TileKind.COLUMNS:
+    raise NotImplementedError(
+      f"tile {tile!r} has no quantize kernel; supported: None (per-tensor), "
+      "(1, None) (per-row), (1, G), (G, 1) and (S, S) with G, S powers of two"
+    )
+  size = size_of(tile)
+  if kind in (TileKind.TENSOR, TileKind.ROWS):
+    return TileLayout(kind, shape, rows, cols)
+  if kind is TileKind.ROW_GROUPS:
+    return TileLayout(kind, shape, rows, size)
+  if kind is TileKind.COLUMN_GROUPS:
+    return TileLayout(kind, shape, size, cols)
+  return TileLayout(kind, shape, size, size)
 
 
 def tile_coordinates(rows: int, cols: int, shape) -> tuple[Array, Array, Array]:

@@ -27,16 +27,18 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels import _layout as L
 from pallas_kernels._common import cdiv
-from pallas_kernels._quantize_reference import quantize_reference
-from pallas_kernels._rounding import (
+from pallas_kernels.numerics import (
   F32_MAX,
   NumberGrid,
   finite_absmax,
   tile_scale,
 )
+from pallas_kernels.quantize_reference import quantize_array
+from pallas_kernels.tiles import TileKind
 
-# Scale kinds: "tensor" and "rows" are constant along K, "groups" (1 x G)
-# and "block" (G x G) change every ``chunk`` = G columns of K.
+# Scales of these kinds change every ``chunk`` = G columns of K (1 x G groups,
+# G x G blocks); TENSOR and ROWS scales are constant along K.
+_PER_CHUNK = (TileKind.ROW_GROUPS, TileKind.BLOCKS)
 _NT = (((1,), (1,)), ((), ()))
 
 
@@ -51,8 +53,8 @@ class MatmulPlan:
   """Static description of one block-scaled GEMM kernel."""
 
   bmnk: tuple[int, int, int, int]
-  a_scales: str
-  b_scales: str
+  a_scales: TileKind
+  b_scales: TileKind
   chunk: int  # K per loop step; the scale group when scales vary along K
   block_m: int
   block_n: int
@@ -67,7 +69,7 @@ class MatmulPlan:
   @property
   def per_chunk(self) -> bool:
     """True when the scales change along K (rescale every chunk)."""
-    return bool({self.a_scales, self.b_scales} & {"groups", "block"})
+    return self.a_scales in _PER_CHUNK or self.b_scales in _PER_CHUNK
 
   @property
   def chunks(self) -> int:
@@ -86,11 +88,11 @@ def _operand_spec(rows: int, k_extent: int, axis: int) -> pl.BlockSpec:
   return pl.BlockSpec((None, rows, k_extent), index)
 
 
-def _scale_spec(kind: str, rows: int, chunk: int, n_cols: int, axis: int):
-  if kind == "tensor":
+def _scale_spec(kind: TileKind, rows: int, chunk: int, n_cols: int, axis: int):
+  if kind is TileKind.TENSOR:
     return pl.BlockSpec((None, 1, 1), lambda b, i, j: (0, 0, 0))
-  block_rows = rows // chunk if kind == "block" else rows
-  cols = 1 if kind == "rows" else n_cols
+  block_rows = rows // chunk if kind is TileKind.BLOCKS else rows
+  cols = 1 if kind is TileKind.ROWS else n_cols
   return _operand_spec(block_rows, cols, axis)
 
 
@@ -111,16 +113,16 @@ def _row_scales(ref, kind, c, program, rows, total, group) -> Array:
 
   Per-row scales ignore ``c``; S x S block scales are repeated S times.
   """
-  if kind == "tensor":
+  if kind is TileKind.TENSOR:
     return ref[...]
-  if kind == "block":
+  if kind is TileKind.BLOCKS:
     count = rows // group
     index = program * count + lax.broadcasted_iota(jnp.int32, (count, 1), 0)
     mask = index < cdiv(total, group)
     values = L.load(ref.at[:, pl.ds(c, 1)], mask)
     return L.expand_rows(values, group)
   index = program * rows + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
-  sliced = ref if kind == "rows" else ref.at[:, pl.ds(c, 1)]
+  sliced = ref if kind is TileKind.ROWS else ref.at[:, pl.ds(c, 1)]
   return L.load(sliced, index < total)
 
 
@@ -224,9 +226,9 @@ def run(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan, name: str, interpret):
   )
 
 
-def _reference_scales(s: Array, kind: str, group: int, rows: int) -> Array:
+def _reference_scales(s: Array, kind: TileKind, group: int, rows: int) -> Array:
   """Scales per row: (B or 1, rows or 1, K columns or 1)."""
-  if kind == "block":
+  if kind is TileKind.BLOCKS:
     return jnp.repeat(s, group, axis=1)[:, :rows, :]
   return s
 
@@ -271,6 +273,5 @@ def reference(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan):
   if plan.out_block is None:
     return (out.astype(plan.out_dtype),)
   ob = plan.out_block
-  layout = L.tile_layout(out.shape, (ob, ob), ob, ob)
   seed = seed if plan.stochastic else None
-  return quantize_reference(out, NumberGrid.int8(), layout, seed)
+  return quantize_array(out, seed, grid=NumberGrid.int8(), tile=(ob, ob))

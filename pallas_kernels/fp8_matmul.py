@@ -29,11 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from pallas_kernels import _layout as L
 from pallas_kernels import _matmul_core as core
+from pallas_kernels import checks as C
+from pallas_kernels import tiles
 from pallas_kernels._common import resolve_interpret
 
-GROUPS = (32, 64, 128)
+GROUPS = tiles.BLOCK_SIZES
+K = tiles.TileKind
+# Tile-kind pairs (a, b) with a kernel: scales constant along K, or promoted
+# every G elements of K.
+_CONSTANT = ((K.TENSOR, K.TENSOR), (K.ROWS, K.ROWS))
+_GROUPED = ((K.ROW_GROUPS, K.BLOCKS), (K.ROW_GROUPS, K.ROW_GROUPS))
 E4M3, E5M2 = np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2)
 # (a dtype, b dtype) pairs; b is the E4M3 weight or activation.
 DTYPE_PAIRS = ((E4M3, E4M3), (E5M2, E4M3))
@@ -53,17 +59,11 @@ class Fp8MatmulConfig:
 DEFAULT_CONFIG = Fp8MatmulConfig()
 
 
-def scale_kind(tile) -> tuple[str, int | None]:
-  """(kind, K group) of a tile: tensor, rows, groups (1, G), block (S, S)."""
-  if tile is None:
-    return "tensor", None
-  if tile == (1, None):
-    return "rows", None
-  if isinstance(tile, tuple) and len(tile) == 2 and tile[0] == 1:
-    return "groups", tile[1]
-  if isinstance(tile, tuple) and len(tile) == 2 and tile[0] == tile[1]:
-    return "block", tile[0]
-  return "unsupported", None
+def _kind(tile) -> tiles.TileKind | None:
+  try:
+    return tiles.kind_of(tile)
+  except ValueError:
+    return None
 
 
 def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
@@ -74,13 +74,13 @@ def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
       f"dtypes {pair[0]} x {pair[1]} are not supported; supported: "
       "float8_e4m3fn x float8_e4m3fn and float8_e5m2 x float8_e4m3fn"
     )
-  (ka, ga), (kb, gb) = scale_kind(a_tile), scale_kind(b_tile)
-  constant = {("tensor", "tensor"), ("rows", "rows")}
-  grouped = {("groups", "block"), ("groups", "groups")}
-  if (ka, kb) in constant:
+  kinds = (_kind(a_tile), _kind(b_tile))
+  if kinds in _CONSTANT:
     return None
-  if (ka, kb) in grouped and ga == gb and ga in GROUPS:
-    return None
+  if kinds in _GROUPED:
+    group = tiles.size_of(a_tile)
+    if group == tiles.size_of(b_tile) and group in GROUPS:
+      return None
   return (
     f"tiles a_tile={a_tile!r} x b_tile={b_tile!r} have no FP8 kernel; "
     "supported: None x None, (1, None) x (1, None), (1, G) x (G, G) and "
@@ -89,7 +89,7 @@ def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
 
 
 def _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config):
-  b, m, n, k = L.check_operands(a_q, b_q, L.FP8_DTYPES)
+  b, m, n, k = C.check_operands(a_q, b_q, C.FP8_DTYPES)
   reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
   if reason:
     raise NotImplementedError(reason)
@@ -97,18 +97,17 @@ def _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config):
     ("a_s", a_s, a_q, a_tile),
     ("b_s", b_s, b_q, b_tile),
   ):
-    want = L.tile_layout(q.shape, tile, 1, 1).scale_shape
-    L.check_scales(name, s, want, f"tile {tile!r}")
-  out_dtype = L.check_out_dtype(out_dtype)
-  (ka, group), (kb_, _) = scale_kind(a_tile), scale_kind(b_tile)
-  chunk = group or config.block_k
+    C.check_scales(name, s, tiles.scale_shape(q.shape, tile), f"tile {tile!r}")
+  out_dtype = C.check_out_dtype(out_dtype)
+  ka, kb = tiles.kind_of(a_tile), tiles.kind_of(b_tile)
+  chunk = tiles.size_of(a_tile) or config.block_k
   mixed = a_q.dtype != b_q.dtype
   block_m = config.block_m
-  block_n = max(config.block_n, chunk if kb_ == "block" else 1)
+  block_n = max(config.block_n, chunk if kb is K.BLOCKS else 1)
   return core.MatmulPlan(
     bmnk=(b, m, n, k),
     a_scales=ka,
-    b_scales=kb_,
+    b_scales=kb,
     chunk=chunk,
     block_m=block_m,
     block_n=block_n,

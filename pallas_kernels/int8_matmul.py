@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from pallas_kernels import _layout as L
 from pallas_kernels import _matmul_core as core
+from pallas_kernels import checks as C
+from pallas_kernels import tiles
 from pallas_kernels._common import cdiv, resolve_interpret
+from pallas_kernels.tiles import TileKind
 
-BLOCKS = (32, 64, 128)
 JETFIRE_OUT_BLOCK = 32
 
 
@@ -49,18 +50,17 @@ DEFAULT_CONFIG = Int8MatmulConfig()
 
 
 def _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype) -> None:
-  b, m, n, k = L.check_operands(a_q, b_q, (np.dtype(np.int8),))
-  if block not in BLOCKS:
-    raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
-  if out_block not in (None, *BLOCKS):
+  b, m, n, k = C.check_operands(a_q, b_q, (np.dtype(np.int8),))
+  tiles.check_block(block)
+  if out_block not in (None, *tiles.BLOCK_SIZES):
     raise ValueError(
-      f"out_block must be None or one of {BLOCKS}, got {out_block!r}"
+      f"out_block must be None or one of {tiles.BLOCK_SIZES}, got {out_block!r}"
     )
   for name, s, rows in (("a_s", a_s, m), ("b_s", b_s, n)):
     want = (b, cdiv(rows, block), cdiv(k, block))
-    L.check_scales(name, s, want, f"{block} x {block} blocks")
+    C.check_scales(name, s, want, f"{block} x {block} blocks")
   if out_block is None:
-    L.check_out_dtype(out_dtype)
+    C.check_out_dtype(out_dtype)
 
 
 def _plan(a_q, b_q, block, out_dtype, out_block, stochastic, config):
@@ -68,8 +68,8 @@ def _plan(a_q, b_q, block, out_dtype, out_block, stochastic, config):
   block_m, block_n = max(config.block_m, side), max(config.block_n, side)
   return core.MatmulPlan(
     bmnk=(*a_q.shape[:2], b_q.shape[1], a_q.shape[2]),
-    a_scales="block",
-    b_scales="block",
+    a_scales=TileKind.BLOCKS,
+    b_scales=TileKind.BLOCKS,
     chunk=block,
     block_m=block_m,
     block_n=block_n,
@@ -104,7 +104,7 @@ def int8_block_matmul(
   ``out_rounding="stochastic"``.
   """
   _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype)
-  seed = L.seed_array(seed, out_rounding) if out_block else None
+  seed = C.seed_array(seed, out_rounding) if out_block else None
   plan = _plan(a_q, b_q, block, out_dtype, out_block, seed is not None, config)
   outs = core.run(
     a_q,
@@ -133,7 +133,7 @@ def int8_block_matmul_reference(
 ):
   """Twin of :func:`int8_block_matmul` in plain jnp (a scan over K blocks)."""
   _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype)
-  seed = L.seed_array(seed, out_rounding) if out_block else None
+  seed = C.seed_array(seed, out_rounding) if out_block else None
   plan = _plan(
     a_q, b_q, block, out_dtype, out_block, seed is not None, DEFAULT_CONFIG
   )

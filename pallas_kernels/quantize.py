@@ -33,30 +33,29 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _layout as L
+from pallas_kernels import checks as C
+from pallas_kernels import tiles
 from pallas_kernels._common import resolve_interpret
-from pallas_kernels._quantize_reference import (
-  dequantize_reference as dequantize_reference,
-)
-from pallas_kernels._quantize_reference import fp8_grid
-from pallas_kernels._quantize_reference import (
-  quantize_fp8_reference as quantize_fp8_reference,
-)
-from pallas_kernels._quantize_reference import (
-  quantize_int8_block_reference as quantize_int8_block_reference,
-)
-from pallas_kernels._rounding import (
+from pallas_kernels.numerics import (
   F32_MAX,
   NumberGrid,
   finite_absmax,
   tile_scale,
 )
-
-INT8_BLOCKS = (32, 64, 128)
+from pallas_kernels.quantize_reference import (
+  dequantize_reference as dequantize_reference,
+)
+from pallas_kernels.quantize_reference import fp8_grid
+from pallas_kernels.quantize_reference import (
+  quantize_fp8_reference as quantize_fp8_reference,
+)
+from pallas_kernels.quantize_reference import (
+  quantize_int8_block_reference as quantize_int8_block_reference,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,10 +229,22 @@ def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
 
 
 def _int8_layout(x, block) -> L.TileLayout:
-  L.check_array("x", x, L.FLOAT_DTYPES)
-  if block not in INT8_BLOCKS:
-    raise ValueError(f"block must be one of {INT8_BLOCKS}, got {block!r}")
+  C.check_array("x", x, C.FLOAT_DTYPES)
+  tiles.check_block(block)
   return L.tile_layout(x.shape, (block, block), block, block)
+
+
+def unsupported_tile_reason(tile) -> str | None:
+  """Why no quantize kernel here serves scale ``tile`` (None: one does)."""
+  if tiles.kind_of(tile) is tiles.TileKind.COLUMNS:
+    return (
+      f"the portable quantize kernels serve tile None (per-tensor), "
+      f"(1, None), (1, G), (G, 1) and (S, S); got tile {tile!r}"
+    )
+  return None
+
+
+unsupported_dequantize_reason = unsupported_tile_reason
 
 
 def quantize_int8_block(
@@ -254,7 +265,7 @@ def quantize_int8_block(
   kernel. ``seed`` (a uint32 scalar) is required for stochastic rounding.
   """
   layout = _int8_layout(x, block)
-  seed = L.seed_array(seed, rounding)
+  seed = C.seed_array(seed, rounding)
   grid = NumberGrid.int8()
   return _quantize_fused(
     x,
@@ -283,10 +294,10 @@ def quantize_fp8(
   (B, M, 1)), (1, G) (groups along K, (B, M, cdiv(K, G))) or (S, S)
   (blocks, (B, cdiv(M, S), cdiv(K, S))). Returns ``(q, s)``.
   """
-  L.check_array("x", x, L.FLOAT_DTYPES)
+  C.check_array("x", x, C.FLOAT_DTYPES)
   grid = fp8_grid(dtype)
   layout = L.tile_layout(x.shape, tile, config.rows, config.cols)
-  seed = L.seed_array(seed, rounding)
+  seed = C.seed_array(seed, rounding)
   interpret = resolve_interpret(interpret)
   if layout.fused:
     return _quantize_fused(
@@ -320,11 +331,11 @@ def dequantize(
   config: QuantizeConfig = DEFAULT_CONFIG,
 ) -> Array:
   """``q * s`` per tile (computed in f32), cast to ``out_dtype``."""
-  L.check_array("q", q, (np.dtype(np.int8), *L.FP8_DTYPES))
+  C.check_array("q", q, C.CODE_DTYPES)
   layout = L.tile_layout(q.shape, tile, config.rows, config.cols)
   what = f"q of shape {tuple(q.shape)} and tile {tile!r}"
-  L.check_scales("s", s, layout.scale_shape, what)
-  out_dtype = L.check_out_dtype(out_dtype)
+  C.check_scales("s", s, layout.scale_shape, what)
+  out_dtype = C.check_out_dtype(out_dtype)
   return _dequantize(
     q,
     s,

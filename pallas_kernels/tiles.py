@@ -42,6 +42,12 @@ BLOCK_SIZES = (32, 64, 128)
 FP8_TILE_SIZES = (16, 32, 64, 128, 256)
 
 
+def check_block(block, name: str = "block") -> None:
+  """ValueError unless ``block`` is one of :data:`BLOCK_SIZES`."""
+  if block not in BLOCK_SIZES or isinstance(block, bool):
+    raise ValueError(f"{name} must be one of {BLOCK_SIZES}, got {block!r}")
+
+
 class TileKind(enum.Enum):
   """The kinds of scale tile (see the module docstring)."""
 

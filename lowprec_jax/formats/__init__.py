@@ -9,14 +9,14 @@ from lowprec_jax.formats._format import Fp8 as Fp8
 from lowprec_jax.formats._format import Int8Block as Int8Block
 from lowprec_jax.formats._format import QuantFormat as QuantFormat
 from lowprec_jax.formats._format import Rounding as Rounding
-from lowprec_jax.formats._hash import derive_seed as derive_seed
-from lowprec_jax.formats._hash import random_bits as random_bits
-from lowprec_jax.formats._hash import uniform_from_bits as uniform_from_bits
 from lowprec_jax.formats._qtensor import QTensor as QTensor
 from lowprec_jax.formats._quantize import dequantize as dequantize
 from lowprec_jax.formats._quantize import fake_quantize as fake_quantize
 from lowprec_jax.formats._quantize import quantize as quantize
-from lowprec_jax.formats._tiles import scale_shape as scale_shape
+from pallas_kernels.numerics import derive_seed as derive_seed
+from pallas_kernels.numerics import random_bits as random_bits
+from pallas_kernels.numerics import uniform_from_bits as uniform_from_bits
+from pallas_kernels.tiles import scale_shape as scale_shape
 
 __all__ = (
   "Fp8",

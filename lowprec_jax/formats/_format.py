@@ -28,12 +28,11 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 
-Tile = tuple[int | None, int | None] | None
-Rounding = Literal["nearest", "stochastic"]
-ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
+from pallas_kernels import tiles
+from pallas_kernels.numerics import NumberGrid
+from pallas_kernels.tiles import Tile, TileKind
 
-INT8_BLOCK_SIZES = (32, 64, 128)
-FP8_TILE_SIZES = (16, 32, 64, 128, 256)
+Rounding = Literal["nearest", "stochastic"]
 _FP8_DTYPES = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
 SCALE_DTYPES = ("float32", "bfloat16")
 
@@ -71,9 +70,14 @@ class QuantFormat(abc.ABC):
     return np.dtype(np.float32)
 
   @property
+  def grid(self) -> NumberGrid:
+    """The codes' number grid (the rounding rule and ``qmax``)."""
+    return NumberGrid(self.storage_dtype)
+
+  @property
   def family(self) -> str:
     """'int8' or 'fp8': operands of one GEMM must share a family."""
-    return "int8" if self.storage_dtype == np.dtype(np.int8) else "fp8"
+    return "int8" if self.grid.is_int8 else "fp8"
 
 
 def _check_size(name: str, value: int, allowed: tuple[int, ...]) -> None:
@@ -102,7 +106,7 @@ class Int8Block(QuantFormat):
   block: int = 32
 
   def __post_init__(self):
-    _check_size("Int8Block.block", self.block, INT8_BLOCK_SIZES)
+    _check_size("Int8Block.block", self.block, tiles.BLOCK_SIZES)
 
   @property
   def storage_dtype(self) -> np.dtype:
@@ -165,29 +169,17 @@ class Fp8(QuantFormat):
         f"{self.scale_storage!r}"
       )
     tile = self.tile_shape
-    if tile is None:
-      return
-    if not (isinstance(tile, tuple) and len(tile) == 2):
+    try:
+      kind = tiles.kind_of(tile)
+    except ValueError:
       raise ValueError(
-        f"Fp8.tile_shape must be None or a pair (rows, cols), got {tile!r}"
-      )
-    rows, cols = tile
-    if rows is None or cols is None:
-      if (rows, cols) not in ((1, None), (None, 1)):
-        raise ValueError(
-          "Fp8.tile_shape with a whole-axis entry must be (1, None) or "
-          f"(None, 1), got {tile!r}"
-        )
-      return
-    if 1 in tile:
-      other = cols if rows == 1 else rows
-      _check_size("Fp8 group size", other, FP8_TILE_SIZES)
-      return
-    if rows != cols:
-      raise ValueError(
-        f"Fp8 blocks must be square or 1 x G groups, got tile_shape={tile}"
-      )
-    _check_size("Fp8 block size", rows, FP8_TILE_SIZES)
+        "Fp8.tile_shape must be None, (1, None), (None, 1), (1, G), (G, 1) "
+        f"or (S, S), got {tile!r}"
+      ) from None
+    if kind in (TileKind.ROW_GROUPS, TileKind.COLUMN_GROUPS):
+      _check_size("Fp8 group size", tiles.size_of(tile), tiles.FP8_TILE_SIZES)
+    elif kind is TileKind.BLOCKS:
+      _check_size("Fp8 block size", tiles.size_of(tile), tiles.FP8_TILE_SIZES)
 
   @classmethod
   def per_tensor(cls, dtype: Literal["e4m3", "e5m2"] = "e4m3") -> "Fp8":
@@ -232,20 +224,8 @@ class Fp8(QuantFormat):
 
   @property
   def name(self) -> str:
-    tile = self.tile_shape
-    if tile is None:
-      granularity = "tensor"
-    elif tile == (1, None):
-      granularity = "row"
-    elif tile == (None, 1):
-      granularity = "col"
-    else:
-      granularity = f"{tile[0]}x{tile[1]}"
     suffix = "" if self.scale_storage == "float32" else "_bf16scale"
-    return f"{self.dtype}_{granularity}{suffix}"
+    return f"{self.dtype}_{tiles.name(self.tile_shape)}{suffix}"
 
   def transpose(self) -> "Fp8":
-    if self.tile_shape is None:
-      return self
-    rows, cols = self.tile_shape
-    return Fp8(self.dtype, (cols, rows), self.scale_storage)
+    return Fp8(self.dtype, tiles.transpose(self.tile_shape), self.scale_storage)

@@ -8,7 +8,8 @@ import numpy as np
 from jax import Array
 
 from lowprec_jax.formats._format import QuantFormat
-from lowprec_jax.formats._tiles import expand_scale, scale_shape
+from pallas_kernels.quantize_reference import dequantize_array
+from pallas_kernels.tiles import scale_shape
 
 
 @jax.tree_util.register_dataclass
@@ -66,10 +67,12 @@ class QTensor:
 
   def dequantize(self, dtype=None) -> Array:
     """Returns ``qvalue * scale`` in fp32, cast to ``dtype`` (default: .dtype)."""
-    scale = self.scale.astype(jnp.float32)
-    full = expand_scale(scale, self.format.tile, self.shape)
-    value = self.qvalue.astype(jnp.float32) * full
-    return value.astype(self.dtype if dtype is None else dtype)
+    return dequantize_array(
+      self.qvalue,
+      self.scale,
+      tile=self.format.tile,
+      out_dtype=np.dtype(self.dtype if dtype is None else dtype),
+    )
 
   def validate(self) -> "QTensor":
     """Raises ValueError if an invariant is broken; returns self."""

@@ -1,6 +1,9 @@
-"""quantize / dequantize in plain jnp: the reference every kernel must match.
+"""quantize / dequantize: the library's entry to the one jnp quantizer.
 
-For a tensor ``x`` and a format with tile ``T`` and grid maximum ``qmax``:
+For a tensor ``x`` and a format with tile ``T`` and grid maximum ``qmax``
+(the rule of :mod:`pallas_kernels.numerics`, computed by
+:func:`pallas_kernels.quantize_reference.quantize_array`, which every
+kernel must match bit for bit):
 
     absmax = max_{tile} |x|
     scale  = 1                                   if absmax == 0
@@ -27,113 +30,13 @@ Special values, each tested:
   reciprocal never overflows.
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import Array, lax
+from jax import Array
 
-from lowprec_jax.formats._format import ROUNDINGS, QuantFormat, Rounding
-from lowprec_jax.formats._hash import random_bits, uniform_from_bits
+from lowprec_jax.formats._format import QuantFormat, Rounding
 from lowprec_jax.formats._qtensor import QTensor
-from lowprec_jax.formats._rounding import round_fp8, round_int
-from lowprec_jax.formats._tiles import (
-  element_coordinates,
-  expand_scale,
-  tile_absmax,
-)
-from pallas_kernels._rounding import reciprocal_rn
-
-SCALE_FLOOR = 2.0**-126
-FLOAT_DTYPES = (
-  np.dtype(jnp.float32),
-  np.dtype(jnp.bfloat16),
-  np.dtype(np.float16),
-)
-
-
-def describe(x) -> str:
-  """'shape (2, 3) and dtype float32' for error messages."""
-  shape = tuple(getattr(x, "shape", ()))
-  dtype = getattr(x, "dtype", type(x).__name__)
-  return f"shape {shape} and dtype {dtype}"
-
-
-def check_float_array(name: str, x) -> None:
-  """Raises ValueError unless ``x`` is a float32/bfloat16/float16 array."""
-  dtype = getattr(x, "dtype", None)
-  if dtype is None or np.dtype(dtype) not in FLOAT_DTYPES:
-    raise ValueError(
-      f"{name} has {describe(x)}; expected a float32, bfloat16 or float16 array"
-    )
-
-
-def as_seed(seed, name: str = "seed") -> Array:
-  """Converts an int, an integer scalar array or a PRNG key to a uint32 seed."""
-  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-    return jnp.asarray(int(seed) & 0xFFFFFFFF, jnp.uint32)
-  dtype = getattr(seed, "dtype", None)
-  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-    if seed.shape != ():
-      raise ValueError(
-        f"{name} must be a single PRNG key, got {describe(seed)}"
-      )
-    return jax.random.bits(seed, (), jnp.uint32)
-  if dtype is not None and jnp.issubdtype(dtype, jnp.integer):
-    if seed.shape != ():
-      raise ValueError(f"{name} must be a scalar, got {describe(seed)}")
-    return jnp.asarray(seed).astype(jnp.uint32)
-  raise ValueError(
-    f"{name} has {describe(seed)}; expected an int, an integer scalar array "
-    "or a jax.random key"
-  )
-
-
-def max_scale(qmax: float) -> np.float32:
-  """The largest fp32 scale with ``qmax * scale <= float32 max``.
-
-  ``RN(f32max / qmax)`` can round up, and then the top code dequantizes to
-  inf; capping at the rounded-down quotient keeps every dequantized finite
-  value finite.
-  """
-  f32max = float(np.finfo(np.float32).max)
-  cap = np.float32(f32max / qmax)
-  while float(cap) * qmax > f32max:
-    cap = np.nextafter(cap, np.float32(0))
-  return cap
-
-
-def _round_up_to_bf16(scale: Array) -> Array:
-  """Smallest bfloat16 value >= each positive finite fp32 ``scale``.
-
-  bf16 is the top half of an fp32 bit pattern, so adding 0xFFFF and clearing
-  the low half rounds a positive value up (and leaves bf16 values alone).
-  """
-  bits = lax.bitcast_convert_type(scale, jnp.uint32)
-  bits = (bits + jnp.uint32(0xFFFF)) & jnp.uint32(0xFFFF0000)
-  return lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def compute_scale(absmax: Array, qmax: float, scale_dtype=np.float32) -> Array:
-  """fp32 scale per tile from its absmax (see the module docstring).
-
-  With ``scale_dtype=bfloat16`` the scale is rounded up to a bf16 value (and
-  the cap down to one), so it is stored exactly and ``absmax / scale`` stays
-  within ``qmax``; the result is still returned as fp32.
-  """
-  cap = max_scale(qmax)
-  # absmax * RN(1/qmax), written out: XLA rewrites a division by a constant
-  # into this product under jit but not in eager mode, and the kernels must
-  # produce the same bits in both.
-  scale = jnp.maximum(absmax * np.float32(1.0 / qmax), jnp.float32(SCALE_FLOOR))
-  if np.dtype(scale_dtype) == np.dtype(jnp.bfloat16):
-    # round the cap down to bf16: clear the low half of its bit pattern
-    cap = (np.asarray(cap).view(np.uint32) & np.uint32(0xFFFF0000)).view(
-      np.float32
-    )
-    scale = _round_up_to_bf16(scale)
-  scale = jnp.minimum(scale, cap)
-  scale = jnp.where(absmax == 0, jnp.float32(1.0), scale)
-  return jnp.where(jnp.isfinite(absmax), scale, jnp.float32(jnp.nan))
+from pallas_kernels.checks import as_seed, check_float_array, check_rounding
+from pallas_kernels.quantize_reference import quantize_array
 
 
 def quantize(
@@ -168,36 +71,18 @@ def quantize(
     raise ValueError(
       f"format must be a QuantFormat (Int8Block, Fp8), got {format!r}"
     )
-  if rounding not in ROUNDINGS:
-    raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+  check_rounding(rounding)
   if rounding == "stochastic" and seed is None:
     raise ValueError("rounding='stochastic' needs a seed (int or PRNG key)")
-  x32 = jnp.asarray(x, jnp.float32)
-  scale = compute_scale(
-    tile_absmax(x32, format.tile), format.qmax, format.scale_dtype
+  seed = as_seed(seed) if rounding == "stochastic" else None
+  codes, scale = quantize_array(
+    x,
+    seed,
+    grid=format.grid,
+    tile=format.tile,
+    scale_dtype=format.scale_dtype,
   )
-  # RN(1/scale) by integer arithmetic: XLA:GPU (like Mosaic GPU and Triton)
-  # divides approximately, and every implementation must get the same bits.
-  # One reciprocal per tile, so the cost does not matter.
-  inverse = jnp.where(jnp.isnan(scale), jnp.nan, reciprocal_rn(scale))
-  inverse = expand_scale(inverse, format.tile, x32.shape)
-  y = x32 * inverse
-  u = None
-  if rounding == "stochastic":
-    row, col = element_coordinates(x32.shape)
-    u = uniform_from_bits(random_bits(as_seed(seed), row, col))
-  if format.family == "int8":
-    codes = round_int(y, format.qmax, u)
-  else:
-    codes = round_fp8(y, format.storage_dtype, u)
-  finite = jnp.isfinite(inverse)
-  codes = jnp.where(finite, codes, jnp.zeros((), codes.dtype))
-  return QTensor(
-    codes.astype(format.storage_dtype),
-    scale.astype(format.scale_dtype),
-    format,
-    np.dtype(x.dtype),
-  )
+  return QTensor(codes, scale, format, np.dtype(x.dtype))
 
 
 def dequantize(qt: QTensor, dtype=None) -> Array:

@@ -1,10 +1,15 @@
 """QuantDotGeneral: a quantized ``dot_general`` for ``nnx.Linear``."""
 
+import contextlib
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lowprec_jax.formats._hash import random_bits
+from lowprec_jax._implementations import ImplementationLike
+from lowprec_jax.formats import random_bits
 from lowprec_jax.ops._config import DotQuantConfig
 from lowprec_jax.ops._dot_general import quantized_dot_general
 from lowprec_jax.ops._recipes import get_recipe
@@ -44,17 +49,21 @@ class QuantDotGeneral(nnx.Module):
     implementation: passed to :func:`quantized_dot_general`.
     rngs: needed when the config rounds stochastically; the base seed is
       drawn from its ``quant`` stream (or ``default``).
+    path: the layer's module path; calls run in a ``jax.named_scope`` of it,
+      so the census names the layer (set by :func:`quantize_model`).
   """
 
   def __init__(
     self,
     config: DotQuantConfig | str,
     *,
-    implementation: str | None = None,
+    implementation: ImplementationLike | None = None,
     rngs: nnx.Rngs | None = None,
+    path: str = "",
   ):
     self.config = get_recipe(config)
     self.implementation = implementation
+    self.path = path
     self.state: QuantState | None = nnx.data(None)
     if self.config.needs_seed:
       if rngs is None:
@@ -82,14 +91,34 @@ class QuantDotGeneral(nnx.Module):
     *,
     out_sharding=None,
   ):
-    return quantized_dot_general(
-      lhs,
-      rhs,
-      dimension_numbers,
-      precision,
-      preferred_element_type,
-      out_sharding=out_sharding,
-      config=self.config,
-      implementation=self.implementation,
-      seed=self._next_seed(),
-    )
+    with layer_scope(self.path):
+      return quantized_dot_general(
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision,
+        preferred_element_type,
+        out_sharding=out_sharding,
+        config=self.config,
+        implementation=self.implementation,
+        seed=self._next_seed(),
+      )
+
+
+def layer_scope(path: str):
+  """A ``jax.named_scope`` of a layer's module path (nothing for "")."""
+  return jax.named_scope(path) if path else contextlib.nullcontext()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScopedDotGeneral:
+  """A layer's own ``dot_general`` (e.g. ``lax.dot_general``) run in a
+  named scope of the layer's path, so the census names layers that stay in
+  high precision. Static and hashable, like the function it wraps."""
+
+  dot_general: Callable
+  path: str
+
+  def __call__(self, *args, **kwargs):
+    with layer_scope(self.path):
+      return self.dot_general(*args, **kwargs)

@@ -2,6 +2,7 @@
 
 from flax import nnx
 
+from lowprec_jax._implementations import ImplementationLike
 from lowprec_jax.nn._dot_general import QuantDotGeneral
 from lowprec_jax.ops._config import DotQuantConfig
 
@@ -24,7 +25,7 @@ class QuantLinear(nnx.Linear):
   Args:
     in_features, out_features: as for ``nnx.Linear``.
     config: a :class:`~lowprec_jax.ops.DotQuantConfig` or a recipe name.
-    implementation: "xla" or None (the best available).
+    implementation: passed to :func:`~lowprec_jax.ops.quantized_dot_general`.
     rngs: parameter initialisation and the stochastic-rounding seed.
     **kwargs: any other ``nnx.Linear`` argument except ``dot_general``.
   """
@@ -35,7 +36,7 @@ class QuantLinear(nnx.Linear):
     out_features: int,
     *,
     config: DotQuantConfig | str,
-    implementation: str | None = None,
+    implementation: ImplementationLike | None = None,
     rngs: nnx.Rngs,
     **kwargs,
   ):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lowprec_jax._implementations import ImplementationLike
 from lowprec_jax.ops._config import DotQuantConfig
 from lowprec_jax.ops._dot_general import quantized_dot_general
 from lowprec_jax.ops._recipes import get_recipe
@@ -18,8 +19,8 @@ class LinenQuantDotGeneral(nn.Module):
   ``model.apply(variables, x, rngs={"quant": key})``.
   """
 
-  config: DotQuantConfig | str
-  implementation: str | None = None
+  config: DotQuantConfig
+  implementation: ImplementationLike | None = None
 
   @nn.compact
   def __call__(
@@ -32,7 +33,7 @@ class LinenQuantDotGeneral(nn.Module):
     *,
     out_sharding=None,
   ):
-    config = get_recipe(self.config)
+    config = self.config
     seed = None
     if config.needs_seed:
       seed = jax.random.bits(self.make_rng("quant"), (), jnp.uint32)
@@ -50,10 +51,16 @@ class LinenQuantDotGeneral(nn.Module):
 
 
 def linen_dot_general_cls(
-  config: DotQuantConfig | str, implementation: str | None = None
+  config: DotQuantConfig | str,
+  implementation: ImplementationLike | None = None,
 ):
-  """Returns a ``dot_general_cls`` for ``nn.Dense`` / ``nn.DenseGeneral``."""
-  get_recipe(config)  # fail early on a bad name
+  """Returns a ``dot_general_cls`` for ``nn.Dense`` / ``nn.DenseGeneral``.
+
+  The recipe name is resolved here, once. Linen names each module's scope,
+  so the census rows carry the layers' paths.
+  """
   return functools.partial(
-    LinenQuantDotGeneral, config=config, implementation=implementation
+    LinenQuantDotGeneral,
+    config=get_recipe(config),
+    implementation=implementation,
   )

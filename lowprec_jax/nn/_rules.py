@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from flax import nnx
 
-from lowprec_jax.nn._dot_general import QuantDotGeneral
+from lowprec_jax._implementations import ImplementationLike
+from lowprec_jax.nn._dot_general import QuantDotGeneral, ScopedDotGeneral
 from lowprec_jax.ops._config import DotQuantConfig
 from lowprec_jax.ops._recipes import get_recipe
 
@@ -21,14 +22,15 @@ class QuantRule:
   Args:
     path: a regular expression matched in full (``re.fullmatch``) against
       the module path joined with "/", e.g. ``"blocks/\\d+/mlp/.*"``.
-    config: a config or recipe name; ``None`` leaves matching layers in
-      high precision (useful before a catch-all rule).
+    config: a config or recipe name, resolved here once (the rule holds the
+      :class:`DotQuantConfig`); ``None`` leaves matching layers in high
+      precision (useful before a catch-all rule).
     implementation: passed to :func:`quantized_dot_general`.
   """
 
   path: str
   config: DotQuantConfig | str | None
-  implementation: str | None = None
+  implementation: ImplementationLike | None = None
 
   def __post_init__(self):
     try:
@@ -36,7 +38,7 @@ class QuantRule:
     except re.error as e:
       raise ValueError(f"QuantRule.path {self.path!r} is not a regex: {e}")
     if self.config is not None:
-      get_recipe(self.config)
+      object.__setattr__(self, "config", get_recipe(self.config))
 
 
 def _path(parts) -> str:
@@ -60,7 +62,10 @@ def quantize_model(
 
   The first matching rule decides each layer. Parameters are untouched, so a
   trained bf16 model can be quantized and a quantized one inspected with
-  :func:`quantized_layers`.
+  :func:`quantized_layers`. Every quantizable layer, quantized or not, then
+  runs its matmul in a ``jax.named_scope`` of its module path, so each row
+  of :func:`lowprec_jax.ops.census` names the layer it came from (layers
+  left in high precision included).
 
   Args:
     model: any NNX module tree containing ``nnx.Linear``/``LinearGeneral``.
@@ -83,25 +88,39 @@ def quantize_model(
     for p, m in nnx.iter_modules(model)
     if isinstance(m, QUANTIZABLE)
   ]
-  used = set()
-  for path, layer in layers:
-    for i, rule in enumerate(rules):
-      if re.fullmatch(rule.path, path):
-        used.add(i)
-        if rule.config is not None:
-          layer.dot_general = nnx.data(
-            QuantDotGeneral(
-              rule.config, implementation=rule.implementation, rngs=rngs
-            )
-          )
-        break
-  unused = [rules[i].path for i in range(len(rules)) if i not in used]
-  if unused:
+  matched = [
+    next((r for r in rules if re.fullmatch(r.path, path)), None)
+    for path, _ in layers
+  ]
+  unused = [r.path for r in rules if not any(m is r for m in matched)]
+  if unused:  # checked before any layer changes
     raise ValueError(
       f"quantize_model rules {unused} match no layer; layer paths are "
       f"{[p for p, _ in layers]}"
     )
+  for (path, layer), rule in zip(layers, matched):
+    if rule is not None and rule.config is not None:
+      layer.dot_general = nnx.data(
+        QuantDotGeneral(
+          rule.config,
+          implementation=rule.implementation,
+          rngs=rngs,
+          path=path,
+        )
+      )
+    else:
+      layer.dot_general = _scoped(layer.dot_general, path)
   return model
+
+
+def _scoped(dot_general, path: str):
+  """``dot_general`` running in the named scope of ``path``."""
+  if isinstance(dot_general, QuantDotGeneral):
+    dot_general.path = path
+    return dot_general
+  if isinstance(dot_general, ScopedDotGeneral):
+    dot_general = dot_general.dot_general
+  return ScopedDotGeneral(dot_general, path)
 
 
 def quantized_layers(model: nnx.Module) -> dict[str, str]:

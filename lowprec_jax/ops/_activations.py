@@ -40,7 +40,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from lowprec_jax.formats._format import QuantFormat
 from lowprec_jax.formats._qtensor import QTensor
-from lowprec_jax.formats._quantize import check_float_array, describe, quantize
+from lowprec_jax.formats._quantize import quantize
+from pallas_kernels.checks import check_float_array, describe
 
 ACTIVATION_RESIDUAL_NAMES = ("lowprec_act", "lowprec_act_scale")
 _GELU_A = 0.044715

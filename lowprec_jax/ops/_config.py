@@ -20,7 +20,9 @@ import dataclasses
 
 import numpy as np
 
-from lowprec_jax.formats._format import ROUNDINGS, QuantFormat, Rounding
+from lowprec_jax.formats._format import QuantFormat, Rounding
+from pallas_kernels import tiles
+from pallas_kernels.checks import ROUNDINGS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -52,7 +54,7 @@ class OperandQuant:
 
 def contraction_tile(fmt: QuantFormat) -> int | None:
   """Elements of K sharing a scale in a canonical operand (None: all of K)."""
-  return None if fmt.tile is None else fmt.tile[1]
+  return tiles.contraction_tile(fmt.tile)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -140,6 +142,11 @@ class DotQuantConfig:
   def needs_seed(self) -> bool:
     """True when any quantization uses stochastic rounding."""
     return any(g.stochastic for g in (self.fwd, self.dlhs, self.drhs))
+
+  def gemms(self) -> tuple[tuple[str, GemmQuant], ...]:
+    """(role, spec) of the quantized GEMMs, in the order fwd, dlhs, drhs."""
+    roles = (("fwd", self.fwd), ("dlhs", self.dlhs), ("drhs", self.drhs))
+    return tuple((role, g) for role, g in roles if g.quantized)
 
   def describe(self) -> str:
     """One line per GEMM: 'fwd: int8_block32 x int8_block32'."""

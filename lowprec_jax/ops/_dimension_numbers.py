@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from jax import Array
 
-from lowprec_jax.formats._quantize import describe
+from pallas_kernels.checks import describe
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,141 +1,34 @@
-"""Choosing the implementation: explicit, never a silent fallback.
+"""The implementations of ``quantized_dot_general`` and how one is chosen.
 
-An implementation quantizes, multiplies and dequantizes (the
-:class:`Implementation` protocol). ``implementation=None`` picks the first
-entry of ``AUTO[backend]`` that is registered and supports every GEMM of the
-config: on a GPU the Hopper kernels, then the portable Pallas kernels, then
-XLA; on a CPU always XLA (the Pallas kernels only run interpreted there,
-which is for tests; ask for ``"pallas"`` by name). A named implementation
-that cannot run the config raises with the reason; the census records which
-one ran.
+A ``GemmImplementation`` (``_gemm_implementation.py``) quantizes,
+dequantizes and multiplies canonical tensors ((B, M, K) x (B, N, K) ->
+(B, M, N)). Three are registered, best
+first: ``"mosaic"`` (Hopper kernels), ``"pallas"`` (portable kernels) and
+``"xla"`` (the jnp reference quantizer and XLA dots). ``implementation=``
+is resolved once per call by :data:`GEMMS` (see
+:mod:`lowprec_jax._implementations`): a name or a sequence of them, or
+``None``, which on a GPU tries mosaic, pallas, xla in that order (the first
+that supports every GEMM of the config) and on a CPU picks xla (the kernels
+only run interpreted there, which is for tests: ask for them by name).
 
-Registering another implementation is one entry in ``_REGISTRY``.
+A GEMM an implementation cannot run raises before anything is traced. A
+quantize or dequantize step whose tile has no kernel in a kernel-backed
+implementation runs the jnp reference instead (the same bits), and the
+census records it: each operand names the implementation that quantized it
+(``GemmImplementation.quantizer_for``).
 """
 
-from typing import Protocol
+from lowprec_jax._implementations import ImplementationRegistry
+from lowprec_jax.ops._kernel_gemm import MOSAIC, PALLAS
+from lowprec_jax.ops._xla_gemm import XLA
 
-import jax
-from jax import Array
-
-from lowprec_jax.formats._qtensor import QTensor
-from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
-from lowprec_jax.ops._mosaic_gemm import MosaicGemm
-from lowprec_jax.ops._pallas_gemm import PallasGemm
-from lowprec_jax.ops._xla_gemm import XlaGemm
-
-
-class Implementation(Protocol):
-  """Quantize, dequantize and block-scaled GEMMs on canonical tensors.
-
-  Operands are (B, M, K) x (B, N, K) -> (B, M, N); ``seed`` is a uint32
-  scalar for stochastic rounding (None otherwise).
-  """
-
-  name: str
-
-  def unsupported_reason(self, gemm: GemmQuant) -> str | None:
-    """Why this implementation cannot run ``gemm`` (None if it can)."""
-
-  def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
-    """``x`` quantized as ``want`` says (bit-identical across implementations)."""
-
-  def quantize_with_transpose(
-    self, x: Array, want: OperandQuant, seed
-  ) -> tuple[QTensor, QTensor]:
-    """The quantization of ``x`` and the same codes laid out as ``x.mT``."""
-
-  def dequantize(self, qt: QTensor, dtype) -> Array:
-    """``qt`` dequantized to ``dtype``."""
-
-  def __call__(self, a: QTensor, b: QTensor, out_dtype) -> Array:
-    """Returns the (B, M, N) product in ``out_dtype``."""
-
-
-# Best first.
-PREFERENCE = ("mosaic", "pallas", "xla")
-# What implementation=None may pick on each backend (others: XLA only).
-AUTO = {"gpu": ("mosaic", "pallas", "xla"), "cpu": ("xla",)}
-_REGISTRY: dict[str, Implementation] = {
-  "mosaic": MosaicGemm(),
-  "pallas": PallasGemm(),
-  "xla": XlaGemm(),
-}
-_NOT_YET: dict[str, str] = {}
-
-
-def register(impl: Implementation) -> None:
-  """Adds (or replaces) an implementation under ``impl.name``."""
-  _REGISTRY[impl.name] = impl
-
-
-def get(name: str) -> Implementation:
-  """The registered implementation ``name`` (already chosen by resolve)."""
-  return _REGISTRY[name]
+GEMMS = ImplementationRegistry(
+  op="quantized_dot_general",
+  implementations=(MOSAIC, PALLAS, XLA),
+  auto={"gpu": ("mosaic", "pallas", "xla")},
+)
 
 
 def available() -> tuple[str, ...]:
-  """Names of the registered implementations, best first."""
-  return tuple(n for n in PREFERENCE if n in _REGISTRY)
-
-
-def _gemms(config: DotQuantConfig):
-  return [
-    (role, g)
-    for role, g in (
-      ("fwd", config.fwd),
-      ("dlhs", config.dlhs),
-      ("drhs", config.drhs),
-    )
-    if g.quantized
-  ]
-
-
-def _reasons(impl: Implementation, config: DotQuantConfig) -> list[str]:
-  reasons = []
-  for role, gemm in _gemms(config):
-    reason = impl.unsupported_reason(gemm)
-    if reason:
-      reasons.append(f"{role} ({gemm.lhs.name} x {gemm.rhs.name}): {reason}")
-  return reasons
-
-
-def resolve(implementation: str | None, config: DotQuantConfig):
-  """Returns the implementation that will run every GEMM of ``config``.
-
-  Raises:
-    ValueError: for an unknown name.
-    NotImplementedError: when the named (or every candidate) implementation
-      cannot run this config on this backend, with each reason.
-  """
-  if implementation is None:
-    backend = jax.default_backend()
-    failures = []
-    for name in AUTO.get(backend, ("xla",)):
-      if name not in _REGISTRY:
-        continue
-      reasons = _reasons(_REGISTRY[name], config)
-      if not reasons:
-        return _REGISTRY[name]
-      failures.append(f"{name}: " + "; ".join(reasons))
-    raise NotImplementedError(
-      f"no implementation can run config {config.name!r} on backend "
-      f"{backend!r}: " + " | ".join(failures)
-    )
-  if implementation in _REGISTRY:
-    impl = _REGISTRY[implementation]
-    reasons = _reasons(impl, config)
-    if reasons:
-      raise NotImplementedError(
-        f"implementation={implementation!r} cannot run config "
-        f"{config.name!r}: " + "; ".join(reasons)
-      )
-    return impl
-  if implementation in _NOT_YET:
-    raise NotImplementedError(
-      f"implementation={implementation!r} is not available: "
-      f"{_NOT_YET[implementation]}; available: {available()}"
-    )
-  raise ValueError(
-    f"implementation must be None or one of {PREFERENCE}, got "
-    f"{implementation!r}"
-  )
+  """Names of the implementations of ``quantized_dot_general``, best first."""
+  return GEMMS.names

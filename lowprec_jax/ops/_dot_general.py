@@ -13,14 +13,14 @@ only ever sees ``(B, M, K) x (B, N, K) -> (B, M, N)``:
   ``dlhs = g . rhs^T`` and ``drhs = g^T . lhs^T``, and cast each cotangent
   to its primal's dtype.
 
-Every GEMM runs inside a ``jax.named_scope`` that records its role,
-implementation, formats and shape; :func:`lowprec_jax.ops.census` reads those
-scopes back from the traced program.
+Every GEMM runs as one jitted call (``lowprec_gemm``) inside a named scope
+that records its role, implementation, formats, which implementation
+quantized each operand, and its shape (``_census.GemmTag``);
+:func:`lowprec_jax.ops.census` reads them back from the traced program.
 """
 
 import dataclasses
 import functools
-import itertools
 from typing import Any
 
 import jax
@@ -29,17 +29,15 @@ import numpy as np
 from jax import Array, lax
 from jax.ad_checkpoint import checkpoint_name
 
-from lowprec_jax.formats._hash import derive_seed
 from lowprec_jax.formats._qtensor import QTensor
-from lowprec_jax.formats._quantize import (
-  FLOAT_DTYPES,
-  as_seed,
-  check_float_array,
-)
-from lowprec_jax.ops import _dispatch
+from lowprec_jax.ops._census import GEMM_CALL, GemmTag
 from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
 from lowprec_jax.ops._dimension_numbers import canonicalize
+from lowprec_jax.ops._dispatch import GEMMS
+from lowprec_jax.ops._gemm_implementation import GemmImplementation
 from lowprec_jax.ops._recipes import get_recipe
+from pallas_kernels.checks import as_seed, check_float_array, check_out_dtype
+from pallas_kernels.numerics import derive_seed
 
 RESIDUAL_NAMES = (
   "lowprec_lhs",
@@ -55,7 +53,6 @@ _SALT_G_DLHS, _SALT_G_DRHS = 3, 4
 _SALT_REQUANT_DLHS, _SALT_REQUANT_DRHS = 5, 6
 
 _NT_BATCHED = (((2,), (2,)), ((0,), (0,)))
-_gemm_ids = itertools.count()
 
 Operand = QTensor | Array
 
@@ -65,12 +62,11 @@ class _Plan:
   """Static facts of one call, passed to the custom_vjp as nondiff data."""
 
   config: DotQuantConfig
-  implementation: str
+  implementation: GemmImplementation
   lhs_dtype: np.dtype
   rhs_dtype: np.dtype
   out_dtype: np.dtype
   precision: Any
-  gemm_id: int
 
 
 def _seeded(seed: Array, salt: int, want: OperandQuant):
@@ -81,29 +77,39 @@ def _seeded(seed: Array, salt: int, want: OperandQuant):
 
 def _prepare(
   x: Array, want: OperandQuant, seed: Array, salt: int, impl
-) -> Operand:
-  """Quantizes a full-precision operand as ``want`` says (or passes it)."""
+) -> tuple[Operand, str]:
+  """Quantizes a full-precision operand as ``want`` says (or passes it).
+
+  Returns the operand and the implementation that quantized it ("none").
+  """
   if want.format is None:
-    return x
+    return x, "none"
   with jax.named_scope("lowprec_quantize"):
-    return impl.quantize(x, want, _seeded(seed, salt, want))
+    qt = impl.quantize(x, want, _seeded(seed, salt, want))
+  return qt, impl.quantizer_for(want.format)
 
 
 def _consume(
   residual: Operand, want: OperandQuant, seed: Array, salt: int, impl
-) -> tuple[Operand, str]:
+) -> tuple[Operand, str, str]:
   """Turns a (transposed) residual into the operand a backward GEMM wants.
 
-  Returns the operand and a census note ("" or "~requantized").
+  Returns the operand, a census note on its format ("" or "~requantized")
+  and its quantizer (see ``GemmTag``).
   """
   if not isinstance(residual, QTensor):
-    return _prepare(residual, want, seed, salt, impl), ""
+    operand, quantizer = _prepare(residual, want, seed, salt, impl)
+    return operand, "", quantizer
   if want.format is None:
-    return impl.dequantize(residual, residual.dtype), ""
+    with jax.named_scope("lowprec_dequantize"):
+      return impl.dequantize(residual, residual.dtype), "", "none"
   if residual.format == want.format:
-    return residual, ""
-  high = impl.dequantize(residual, jnp.float32)
-  return _prepare(high, want, seed, salt, impl), "~requantized"
+    return residual, "", "residual"
+  with jax.named_scope("lowprec_dequantize"):
+    high = impl.dequantize(residual, jnp.float32)
+  operand, quantizer = _prepare(high, want, seed, salt, impl)
+  dequantizer = impl.dequantizer_for(residual.format)
+  return operand, "~requantized", f"{dequantizer}->{quantizer}"
 
 
 def _transposed(x: Operand) -> Operand:
@@ -120,37 +126,45 @@ def _shares_g(cfg: DotQuantConfig) -> bool:
   )
 
 
-def _gemm(
-  a: Operand,
-  b: Operand,
-  out_dtype,
-  plan: _Plan,
-  role: str,
-  spec: GemmQuant,
-  note: str = "",
-) -> Array:
-  """Runs one canonical GEMM inside a census-readable named scope."""
-  quantized = isinstance(a, QTensor)
-  impl = plan.implementation if quantized else "none"
-  lhs = spec.lhs.name if quantized else "none"
-  rhs = (spec.rhs.name if quantized else "none") + note
-  bsz, m, k = a.shape
-  n = b.shape[1]
-  tag = (
-    f"lowprec[gemm={plan.gemm_id};role={role};impl={impl};lhs={lhs};"
-    f"rhs={rhs};bmnk={bsz}x{m}x{n}x{k}]"
+@functools.partial(jax.jit, static_argnames=("impl", "out_dtype", "precision"))
+def lowprec_gemm(a: Operand, b: Operand, *, impl, out_dtype, precision):
+  """One canonical GEMM: quantized by ``impl``, or a plain dot (impl None)."""
+  if impl is not None:
+    return impl.matmul(a, b, out_dtype)
+  out = lax.dot_general(
+    a, b, _NT_BATCHED, precision=precision, preferred_element_type=jnp.float32
   )
-  with jax.named_scope(tag):
-    if quantized:
-      return _dispatch.get(plan.implementation)(a, b, out_dtype)
-    out = lax.dot_general(
+  return out.astype(out_dtype)
+
+
+assert lowprec_gemm.__name__ == GEMM_CALL
+
+
+def _gemm(a, b, out_dtype, plan: _Plan, role: str, spec: GemmQuant, notes):
+  """Runs one canonical GEMM as a census-readable call.
+
+  ``notes``: (rhs format note, lhs quantizer, rhs quantizer).
+  """
+  note, lhs_quantizer, rhs_quantizer = notes
+  quantized = isinstance(a, QTensor)
+  bsz, m, k = a.shape
+  tag = GemmTag(
+    role=role,
+    implementation=plan.implementation.name if quantized else "none",
+    lhs_format=spec.lhs.name if quantized else "none",
+    rhs_format=(spec.rhs.name if quantized else "none") + note,
+    lhs_quantizer=lhs_quantizer,
+    rhs_quantizer=rhs_quantizer,
+    bmnk=f"{bsz}x{m}x{b.shape[1]}x{k}",
+  )
+  with jax.named_scope(str(tag)):
+    return lowprec_gemm(
       a,
       b,
-      _NT_BATCHED,
+      impl=plan.implementation if quantized else None,
+      out_dtype=np.dtype(out_dtype),
       precision=plan.precision,
-      preferred_element_type=jnp.float32,
     )
-    return out.astype(out_dtype)
 
 
 def _named(x: Operand, side: str) -> Operand:
@@ -166,10 +180,10 @@ def _named(x: Operand, side: str) -> Operand:
 
 def _forward(lhs3, rhs3, seed, plan: _Plan):
   cfg = plan.config.fwd
-  impl = _dispatch.get(plan.implementation)
-  a = _prepare(lhs3, cfg.lhs, seed, _SALT_FWD_LHS, impl)
-  b = _prepare(rhs3, cfg.rhs, seed, _SALT_FWD_RHS, impl)
-  return _gemm(a, b, plan.out_dtype, plan, "fwd", cfg), a, b
+  impl = plan.implementation
+  a, lq = _prepare(lhs3, cfg.lhs, seed, _SALT_FWD_LHS, impl)
+  b, rq = _prepare(rhs3, cfg.rhs, seed, _SALT_FWD_RHS, impl)
+  return _gemm(a, b, plan.out_dtype, plan, "fwd", cfg, ("", lq, rq)), a, b
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -186,7 +200,7 @@ def _qdot_fwd(lhs3, rhs3, seed, plan):
 def _qdot_bwd(plan, res, g):
   a, b, seed = res
   cfg = plan.config
-  impl = _dispatch.get(plan.implementation)
+  impl = plan.implementation
   if _shares_g(cfg):
     # One quantization of g (one kernel for INT8 blocks) serves both GEMMs.
     want = cfg.dlhs.lhs
@@ -194,20 +208,25 @@ def _qdot_bwd(plan, res, g):
       g_dlhs, g_drhs = impl.quantize_with_transpose(
         g, want, _seeded(seed, _SALT_G_DLHS, want)
       )
+    g_quantizer = g_t_quantizer = impl.quantizer_for(want.format)
   else:
-    g_dlhs = _prepare(g, cfg.dlhs.lhs, seed, _SALT_G_DLHS, impl)
+    g_dlhs, g_quantizer = _prepare(g, cfg.dlhs.lhs, seed, _SALT_G_DLHS, impl)
     g_t = jnp.swapaxes(g, -1, -2)
-    g_drhs = _prepare(g_t, cfg.drhs.lhs, seed, _SALT_G_DRHS, impl)
+    g_drhs, g_t_quantizer = _prepare(
+      g_t, cfg.drhs.lhs, seed, _SALT_G_DRHS, impl
+    )
   # dlhs (B, M, K) = g (B, M, N) . rhs^T
-  w, note = _consume(
+  w, note, quantizer = _consume(
     _transposed(b), cfg.dlhs.rhs, seed, _SALT_REQUANT_DLHS, impl
   )
-  dlhs = _gemm(g_dlhs, w, plan.lhs_dtype, plan, "dlhs", cfg.dlhs, note)
+  notes = (note, g_quantizer, quantizer)
+  dlhs = _gemm(g_dlhs, w, plan.lhs_dtype, plan, "dlhs", cfg.dlhs, notes)
   # drhs (B, N, K) = g^T (B, N, M) . lhs^T
-  x, note = _consume(
+  x, note, quantizer = _consume(
     _transposed(a), cfg.drhs.rhs, seed, _SALT_REQUANT_DRHS, impl
   )
-  drhs = _gemm(g_drhs, x, plan.rhs_dtype, plan, "drhs", cfg.drhs, note)
+  notes = (note, g_t_quantizer, quantizer)
+  drhs = _gemm(g_drhs, x, plan.rhs_dtype, plan, "drhs", cfg.drhs, notes)
   return dlhs, drhs, None
 
 
@@ -217,16 +236,7 @@ _qdot.defvjp(_qdot_fwd, _qdot_bwd)
 def _out_dtype(lhs, rhs, preferred_element_type) -> np.dtype:
   if preferred_element_type is None:
     return np.dtype(jnp.result_type(lhs.dtype, rhs.dtype))
-  try:
-    dtype = np.dtype(preferred_element_type)
-  except TypeError:
-    dtype = None
-  if dtype not in FLOAT_DTYPES:
-    raise ValueError(
-      "preferred_element_type must be None, float32, bfloat16 or float16 for "
-      f"a quantized dot_general, got {preferred_element_type!r}"
-    )
-  return dtype
+  return check_out_dtype(preferred_element_type, "preferred_element_type")
 
 
 def _as_precision(precision):
@@ -305,7 +315,7 @@ def quantized_dot_general(
       "uint32 scalar or a jax.random key)"
     )
   seed = as_seed(seed) if seed is not None else jnp.zeros((), jnp.uint32)
-  impl = _dispatch.resolve(implementation, config)
+  impl = GEMMS.resolve(implementation, config, f"config {config.name!r}")
   if jax.sharding.get_abstract_mesh().explicit_axes:
     # Sharding-in-types: quantize and multiply with the mesh axes in auto
     # mode and give the result exactly the sharding lax.dot_general would.
@@ -339,11 +349,10 @@ def _quantized(lhs, rhs, layout, seed, config, impl, out_dtype, precision):
     return jnp.zeros(layout.out_shape, out_dtype)
   plan = _Plan(
     config=config,
-    implementation=impl.name,
+    implementation=impl,
     lhs_dtype=np.dtype(lhs.dtype),
     rhs_dtype=np.dtype(rhs.dtype),
     out_dtype=out_dtype,
     precision=_as_precision(precision),
-    gemm_id=next(_gemm_ids),
   )
   return layout.out(_qdot(layout.lhs(lhs), layout.rhs(rhs), seed, plan))

@@ -14,12 +14,16 @@ is an outer product in the epilogue. ``c`` is the smaller contraction tile of
 the two operands; tiles divide one another (checked by ``GemmQuant``).
 """
 
+import dataclasses
+
 import jax.numpy as jnp
 from jax import Array, lax
 
 from lowprec_jax.formats._qtensor import QTensor
 from lowprec_jax.formats._quantize import quantize
 from lowprec_jax.ops._config import GemmQuant, OperandQuant, contraction_tile
+from lowprec_jax.ops._gemm_implementation import GemmImplementation
+from pallas_kernels.tiles import TileKind, kind_of
 
 # (B, M, K) x (B, N, K) -> (B, M, N)
 _NT_BATCHED = (((2,), (2,)), ((0,), (0,)))
@@ -27,11 +31,10 @@ _NT_BATCHED = (((2,), (2,)), ((0,), (0,)))
 
 def _row_scales(qt: QTensor) -> Array:
   """Scales broadcast along rows: (B or 1, M or 1, number of K tiles)."""
-  tile = qt.format.tile
-  if tile is None or tile[0] is None or tile[0] == 1:
+  if kind_of(qt.format.tile) not in (TileKind.BLOCKS, TileKind.COLUMN_GROUPS):
     return qt.scale
   rows = qt.shape[1]
-  return jnp.repeat(qt.scale, tile[0], axis=1)[:, :rows, :]
+  return jnp.repeat(qt.scale, qt.format.tile[0], axis=1)[:, :rows, :]
 
 
 def _chunk_scales(row_scales: Array, tile: int | None, chunk: int, n: int):
@@ -51,30 +54,33 @@ def _chunks(q: Array, chunk: int, n: int) -> Array:
   return jnp.moveaxis(q.reshape(b, r, n, chunk), 2, 0)
 
 
-class XlaGemm:
+@dataclasses.dataclass(frozen=True)
+class XlaGemm(GemmImplementation):
   """Block-scaled 8-bit GEMM with ``lax.dot_general`` on int8/fp8 operands.
 
   Quantizes and dequantizes with the jnp reference in ``lowprec_jax.formats``.
   """
 
-  name = "xla"
+  name: str = "xla"
 
-  def unsupported_reason(self, gemm: GemmQuant) -> str | None:
+  def gemm_unsupported_reason(self, gemm: GemmQuant) -> str | None:
     del gemm  # every valid GemmQuant is supported
     return None
+
+  def quantizer_for(self, fmt) -> str:
+    return self.name
+
+  def dequantizer_for(self, fmt) -> str:
+    return self.name
 
   def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
     return quantize(x, want.format, rounding=want.rounding, seed=seed)
 
-  def quantize_with_transpose(self, x: Array, want: OperandQuant, seed):
-    qt = self.quantize(x, want, seed)
-    return qt, qt.mT
-
   def dequantize(self, qt: QTensor, dtype) -> Array:
     return qt.dequantize(dtype)
 
-  def __call__(self, a: QTensor, b: QTensor, out_dtype) -> Array:
-    acc_dtype = jnp.int32 if a.format.family == "int8" else jnp.float32
+  def matmul(self, a: QTensor, b: QTensor, out_dtype) -> Array:
+    acc_dtype = jnp.int32 if a.format.grid.is_int8 else jnp.float32
     k = a.shape[2]
     ta, tb = contraction_tile(a.format), contraction_tile(b.format)
     tiles = [t for t in (ta, tb) if t is not None and t < k]
@@ -104,3 +110,6 @@ class XlaGemm:
     init = jnp.zeros((batch, a.shape[1], b.shape[1]), jnp.float32)
     out, _ = lax.scan(step, init, xs)
     return out.astype(out_dtype)
+
+
+XLA = XlaGemm()

@@ -12,10 +12,9 @@ import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 
-from pallas_kernels._rounding import F32_MAX
 from pallas_kernels.mosaic._config import TuningConfig
-from pallas_kernels.mosaic._reciprocal import tile_scale
 from pallas_kernels.mosaic.quantize import BandPlan, block_codes, strided
+from pallas_kernels.numerics import F32_MAX, divided_reciprocal, tile_scale
 
 
 def store_tile(out, wg_out, slots, c: TuningConfig, out_dtype):
@@ -61,7 +60,9 @@ def requantize_tile(out, slots, q_out, s_g, seed, bi, origin, plan: BandPlan):
       for r in range(1, s):
         m = jnp.maximum(m, m_slot[j, i * s + r])
       ok = m <= F32_MAX
-      scale, inverse = tile_scale(jnp.where(ok, m, 0.0), ok, plan.grid.qmax)
+      scale, inverse = tile_scale(
+        jnp.where(ok, m, 0.0), ok, plan.grid.qmax, reciprocal=divided_reciprocal
+      )
       row0, col0 = origin[0] + i * s, origin[1] + j * s
       s_g[bi, row0 // s, col0 // s] = scale
       block = (pl.ds(i * s, s), pl.ds(j * s, s))

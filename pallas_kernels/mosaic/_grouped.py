@@ -17,7 +17,7 @@ WGMMA_ROW or WGMMA_COL vector) broadcasts back over the tile. So
                (WGMMA_ROW) and writes the codes.
 
 Scales and codes follow the contract of :mod:`pallas_kernels.quantize`
-(``RN(1 / scale)`` corrected exactly, :mod:`._reciprocal`; NaN/inf poison
+(``RN(1 / scale)`` corrected exactly, ``numerics.divided_reciprocal``; NaN/inf poison
 their tile; SR hashed at the global ``(b * M + m, k)``). A band's scales go
 out by TMA from a small SMEM row: the row scales of ``(1, G)`` are written
 K-group-major, (B, K / G, M), and transposed by XLA (1/G of the codes' size).
@@ -33,11 +33,15 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import Array, lax
 
-from pallas_kernels._hash import random_bits, uniform_from_bits
-from pallas_kernels._rounding import F32_MAX, NumberGrid
-from pallas_kernels._rounding import tile_scale as exact_tile_scale
 from pallas_kernels.mosaic import _hw
-from pallas_kernels.mosaic._reciprocal import tile_scale
+from pallas_kernels.numerics import (
+  F32_MAX,
+  NumberGrid,
+  divided_reciprocal,
+  random_bits,
+  tile_scale,
+  uniform_from_bits,
+)
 
 ROW_BAND = 64  # rows of a (1, G) or per-row band: one WGMMA row tile
 BAND_ELEMENTS = 8192  # elements per CTA band, at least
@@ -186,7 +190,9 @@ def _kernel(*refs, plan: GroupPlan):
       s_s[t, :] = jnp.where(ok, absmax, jnp.inf)
       continue
     if plan.mode == "fused":
-      scale, inverse = tile_scale(absmax, ok, plan.grid.qmax)
+      scale, inverse = tile_scale(
+        absmax, ok, plan.grid.qmax, reciprocal=divided_reciprocal
+      )
       s_s[t, :] = scale
     y = x * _spread(inverse, x.shape, plan.axis)
     # Zeroing y (Mosaic has no 8-bit select) gives a poisoned tile's zero
@@ -302,9 +308,7 @@ def quantize_rows(x, seed, *, plan: GroupPlan, interpret):
   absmax = jnp.max(maxima, axis=1)  # (B, M): inf marks NaN/inf rows
   ok = absmax <= F32_MAX
   # A vector per row, once: XLA runs the exact integer reciprocal.
-  scale, inverse = exact_tile_scale(
-    jnp.where(ok, absmax, 0.0), ok, plan.grid.qmax
-  )
+  scale, inverse = tile_scale(jnp.where(ok, absmax, 0.0), ok, plan.grid.qmax)
   args = [x, inverse] + ([] if seed is None else [seed])
   (q,) = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8_rows")
   b, m, k = plan.shape

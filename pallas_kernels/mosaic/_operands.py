@@ -22,20 +22,14 @@ from jax import lax
 
 from pallas_kernels._common import cdiv
 from pallas_kernels.mosaic._config import SWIZZLES
+from pallas_kernels.tiles import Tile, contraction_tile
 
 ROW_ALIGN = 8  # TMA tile rows
 K_ALIGN = 32  # the smallest 8-bit swizzle (bytes = elements)
 
-Tile = tuple[int | None, int | None] | None
-
 
 def round_up(x: int, multiple: int) -> int:
   return cdiv(x, multiple) * multiple
-
-
-def contraction_tile(tile: Tile) -> int | None:
-  """K elements sharing a scale (None: all of K)."""
-  return None if tile is None else tile[1]
 
 
 def promotion_chunk(a_tile: Tile, b_tile: Tile, k: int) -> int | None:

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels import _layout as L
-from pallas_kernels._common import cdiv
+from pallas_kernels import checks as C
+from pallas_kernels import tiles
 from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
 
@@ -41,15 +41,6 @@ TILE_PAIRS = (
   ((1, 128), (128, 128)),
   ((1, 128), (1, 128)),
 )
-
-
-def _scale_shape(q_shape, tile) -> tuple[int, ...]:
-  """``QTensor.scale`` shape of (B, rows, K) codes for a supported tile."""
-  batch, rows, k = q_shape
-  if tile is None:
-    return (1, 1, 1)
-  tr, tc = tile
-  return (batch, cdiv(rows, tr), 1 if tc is None else cdiv(k, tc))
 
 
 def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
@@ -69,7 +60,7 @@ def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
 
 def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
   """Raises ValueError / NotImplementedError naming what is wrong."""
-  L.check_operands(a_q, b_q, A_DTYPES, B_DTYPES)
+  C.check_operands(a_q, b_q, A_DTYPES, B_DTYPES)
   reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
   if reason:
     raise NotImplementedError(reason)
@@ -77,7 +68,7 @@ def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
     ("a_s", a_q, a_s, a_tile),
     ("b_s", b_q, b_s, b_tile),
   ):
-    L.check_scales(name, s, _scale_shape(q.shape, tile), f"tile {tile}")
+    C.check_scales(name, s, tiles.scale_shape(q.shape, tile), f"tile {tile}")
 
 
 @functools.partial(
@@ -110,7 +101,7 @@ def fp8_matmul(
     (B, M, N) in ``out_dtype``.
   """
   check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile)
-  out_dtype = L.check_out_dtype(out_dtype)
+  out_dtype = C.check_out_dtype(out_dtype)
   return scaled_matmul(
     a_q,
     a_s,

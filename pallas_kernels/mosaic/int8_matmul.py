@@ -31,25 +31,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels import _layout as L
+from pallas_kernels import checks as C
+from pallas_kernels import tiles
 from pallas_kernels._common import cdiv
-from pallas_kernels._rounding import NumberGrid
 from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
 from pallas_kernels.mosaic.quantize import BandPlan
+from pallas_kernels.numerics import NumberGrid
 
-BLOCKS = (32, 64, 128)
-OUT_BLOCKS = (32, 64)  # must divide the 64 x 128 warpgroup tile
+OUT_BLOCKS = tiles.BLOCK_SIZES[:2]  # must divide the 64 x 128 warpgroup tile
 
 
 def check_int8_operands(a_q, a_s, b_q, b_s, block) -> None:
   """Raises ValueError naming the first argument that breaks the contract."""
-  if block not in BLOCKS:
-    raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
-  batch, _, _, k = L.check_operands(a_q, b_q, (np.dtype(np.int8),))
+  tiles.check_block(block)
+  batch, _, _, k = C.check_operands(a_q, b_q, (np.dtype(np.int8),))
   for name, q, s in (("a_s", a_q, a_s), ("b_s", b_q, b_s)):
     want = (batch, cdiv(q.shape[1], block), cdiv(k, block))
-    L.check_scales(name, s, want, f"{block}x{block} blocks")
+    C.check_scales(name, s, want, f"{block}x{block} blocks")
 
 
 @functools.partial(
@@ -98,10 +97,10 @@ def int8_block_matmul(
       64-row tile).
   """
   check_int8_operands(a_q, a_s, b_q, b_s, block)
-  out_dtype = L.check_out_dtype(out_dtype)
+  out_dtype = C.check_out_dtype(out_dtype)
   requantize = _requantize_plan(a_q, b_q, out_block, out_rounding, seed)
   if requantize is not None and requantize.stochastic:
-    seed = L.seed_array(seed, out_rounding)
+    seed = C.seed_array(seed, out_rounding)
   tile = (block, block)
   return scaled_matmul(
     a_q,
@@ -124,10 +123,9 @@ def _requantize_plan(a_q, b_q, out_block, out_rounding, seed):
   """The fused S x S INT8 plan of the output, or None (no ``out_block``)."""
   if out_block is None:
     return None
-  if out_block not in (*OUT_BLOCKS, 128):
+  if out_block not in tiles.BLOCK_SIZES:
     raise ValueError(
-      f"out_block must be None or one of {(*OUT_BLOCKS, 128)}, got "
-      f"{out_block!r}"
+      f"out_block must be None or one of {tiles.BLOCK_SIZES}, got {out_block!r}"
     )
   if out_block not in OUT_BLOCKS:
     raise NotImplementedError(
@@ -135,7 +133,7 @@ def _requantize_plan(a_q, b_q, out_block, out_rounding, seed):
       "64-row tile of a compute warpgroup, which quantizes its own tile; "
       f"supported: {OUT_BLOCKS}"
     )
-  L.seed_array(seed, out_rounding)  # ValueError for a bad rounding/seed
+  C.seed_array(seed, out_rounding)  # ValueError for a bad rounding/seed
   batch, m, _ = a_q.shape
   return BandPlan(
     mode="fused",

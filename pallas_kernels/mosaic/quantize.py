@@ -16,7 +16,7 @@ stores the band with TMA; scales are stored directly, one scalar per block.
 With ``transpose=True`` the same program also reads each sub-block
 transposed from SMEM (a column-strided load) and writes its codes, hashed at
 their original coordinates, to ``q_t`` (B, K, M): the same quantization.
-``RN(1 / scale)`` is ``1 / scale`` corrected exactly (:mod:`._reciprocal`):
+``RN(1 / scale)`` is ``1 / scale`` corrected exactly (``numerics.divided_reciprocal``):
 Mosaic GPU's ``/`` is ``div.full.f32``.
 
 Tiles: INT8 and FP8 ``(S, S)`` blocks in one pass; FP8 per-tensor (``None``)
@@ -35,20 +35,23 @@ import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
-import numpy as np
 from jax import Array, lax
 
-from pallas_kernels import _layout as L
+from pallas_kernels import checks as C
+from pallas_kernels import tiles
 from pallas_kernels._common import cdiv
-from pallas_kernels._hash import random_bits, uniform_from_bits
-from pallas_kernels._quantize_reference import fp8_grid
-from pallas_kernels._rounding import F32_MAX, NumberGrid
-from pallas_kernels._rounding import tile_scale as exact_tile_scale
 from pallas_kernels.mosaic import _grouped, _hw
 from pallas_kernels.mosaic._dequantize import dequantize_blocks
-from pallas_kernels.mosaic._reciprocal import tile_scale
+from pallas_kernels.numerics import (
+  F32_MAX,
+  NumberGrid,
+  divided_reciprocal,
+  random_bits,
+  tile_scale,
+  uniform_from_bits,
+)
+from pallas_kernels.quantize_reference import fp8_grid
 
-INT8_BLOCKS = (32, 64, 128)
 TENSOR_BLOCK = 64  # program sub-block of the per-tensor stages
 BAND_ELEMENTS = 8192  # elements per CTA band (block x cols), at least
 
@@ -171,7 +174,9 @@ def _kernel(*refs, plan: BandPlan):
       continue
     if plan.mode == "fused":
       absmax, ok = block_max(x)
-      scale, inverse = tile_scale(absmax, ok, plan.grid.qmax)
+      scale, inverse = tile_scale(
+        absmax, ok, plan.grid.qmax, reciprocal=divided_reciprocal
+      )
       s_g[bi, i, block_j] = scale
     row0, col0 = i * s, j * cols + t * s
     q_s[:, sub] = block_codes(
@@ -244,9 +249,7 @@ def _quantize_tensor(x, seed, *, plan: BandPlan, interpret):
   absmax = jnp.max(maxima).reshape(1, 1, 1)
   ok = absmax <= F32_MAX
   # One scalar: XLA runs the exact integer reciprocal of _rounding.
-  scale, inverse = exact_tile_scale(
-    jnp.where(ok, absmax, 0.0), ok, plan.grid.qmax
-  )
+  scale, inverse = tile_scale(jnp.where(ok, absmax, 0.0), ok, plan.grid.qmax)
   args = [x, inverse.reshape(1)] + ([] if seed is None else [seed])
   (q,) = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8")
   b, m, k = plan.shape
@@ -280,20 +283,20 @@ def quantize_int8_block(
   Returns ``(q, s)`` or, with ``transpose=True``, ``(q, s, q_t, s_t)``
   (the contract of :func:`pallas_kernels.quantize.quantize_int8_block`).
   """
-  L.check_array("x", x, L.FLOAT_DTYPES)
-  if block not in INT8_BLOCKS:
-    raise ValueError(f"block must be one of {INT8_BLOCKS}, got {block!r}")
-  seed = L.seed_array(seed, rounding)
+  C.check_array("x", x, C.FLOAT_DTYPES)
+  tiles.check_block(block)
+  seed = C.seed_array(seed, rounding)
   plan = _block_plan(x, block, NumberGrid.int8(), seed, transpose, config)
   return _quantize_blocks(x, seed, plan=plan, interpret=interpret)
 
 
 def _square_block(tile) -> int | None:
-  """S for an (S, S) tile with S in 32..128 a power of two, else None."""
-  if isinstance(tile, tuple) and len(tile) == 2 and tile[0] == tile[1]:
-    s = tile[0]
-    if L.is_power_of_two(s) and 32 <= s <= 128:
-      return s
+  """S for an (S, S) tile with S in ``tiles.BLOCK_SIZES``, else None."""
+  if (
+    tiles.kind_of(tile) is tiles.TileKind.BLOCKS
+    and tile[0] in tiles.BLOCK_SIZES
+  ):
+    return tile[0]
   return None
 
 
@@ -322,7 +325,7 @@ def unsupported_tile_reason(tile) -> str | None:
 
 
 def _check_tile(tile, reason) -> None:
-  L.tile_layout((1, 1, 1), tile, 1, 1)  # ValueError for a malformed tile
+  tiles.kind_of(tile)  # ValueError for a malformed tile
   if reason(tile):
     raise NotImplementedError(reason(tile))
 
@@ -341,10 +344,10 @@ def quantize_fp8(
   (None, (S, S), (1, None), (1, G) or (G, 1)); the contract of
   :func:`pallas_kernels.quantize.quantize_fp8`. Returns ``(q, s)``. The
   band width of ``config`` applies to None and (S, S) tiles."""
-  L.check_array("x", x, L.FLOAT_DTYPES)
+  C.check_array("x", x, C.FLOAT_DTYPES)
   grid = fp8_grid(dtype)
   _check_tile(tile, unsupported_tile_reason)
-  seed = L.seed_array(seed, rounding)
+  seed = C.seed_array(seed, rounding)
   if tile is not None and not _square_block(tile):
     plan = _grouped.plan_for(tile, x.shape, grid, seed is not None)
     run = _grouped.quantize_rows if plan.mode == "apply" else None
@@ -369,12 +372,11 @@ def dequantize(
 ) -> Array:
   """``q * s`` per tile (in f32), cast to ``out_dtype``; tile None or
   (S, S) (the contract of :func:`pallas_kernels.quantize.dequantize`)."""
-  L.check_array("q", q, (np.dtype(np.int8), *L.FP8_DTYPES))
+  C.check_array("q", q, C.CODE_DTYPES)
   _check_tile(tile, unsupported_dequantize_reason)
-  layout = L.tile_layout(q.shape, tile, 1, 1)
   what = f"q of shape {tuple(q.shape)} and tile {tile!r}"
-  L.check_scales("s", s, layout.scale_shape, what)
-  out_dtype = L.check_out_dtype(out_dtype)
+  C.check_scales("s", s, tiles.scale_shape(q.shape, tile), what)
+  out_dtype = C.check_out_dtype(out_dtype)
   block = TENSOR_BLOCK if tile is None else tile[0]
   return dequantize_blocks(
     q,

@@ -1,0 +1,59 @@
+"""The interface every implementation of ``quantized_dot_general`` provides."""
+
+import abc
+
+from jax import Array
+
+from lowprec_jax._implementations import Implementation
+from lowprec_jax.formats._format import QuantFormat
+from lowprec_jax.formats._qtensor import QTensor
+from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
+
+
+class GemmImplementation(Implementation):
+  """Quantize, dequantize and block-scaled GEMMs on canonical tensors.
+
+  ``seed`` arguments are uint32 scalars for stochastic rounding (None
+  otherwise). Subclasses are frozen dataclasses (hashable: the plan of a
+  ``custom_vjp`` carries them).
+  """
+
+  def unsupported_reason(self, request: DotQuantConfig) -> str | None:
+    """Why some GEMM of the config cannot run here (None if all can)."""
+    reasons = [
+      f"{role} ({gemm.lhs.name} x {gemm.rhs.name}): {reason}"
+      for role, gemm in request.gemms()
+      if (reason := self.gemm_unsupported_reason(gemm))
+    ]
+    return "; ".join(reasons) or None
+
+  @abc.abstractmethod
+  def gemm_unsupported_reason(self, gemm: GemmQuant) -> str | None:
+    """Why this implementation cannot multiply ``gemm``'s operands."""
+
+  @abc.abstractmethod
+  def quantizer_for(self, fmt: QuantFormat) -> str:
+    """The implementation whose code quantizes to ``fmt`` here."""
+
+  @abc.abstractmethod
+  def dequantizer_for(self, fmt: QuantFormat) -> str:
+    """The implementation whose code dequantizes ``fmt`` here."""
+
+  @abc.abstractmethod
+  def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
+    """``x`` quantized as ``want`` says (bit-identical across implementations)."""
+
+  def quantize_with_transpose(
+    self, x: Array, want: OperandQuant, seed
+  ) -> tuple[QTensor, QTensor]:
+    """The quantization of ``x`` and the same codes laid out as ``x.mT``."""
+    qt = self.quantize(x, want, seed)
+    return qt, qt.mT
+
+  @abc.abstractmethod
+  def dequantize(self, qt: QTensor, dtype) -> Array:
+    """``qt`` dequantized to ``dtype``."""
+
+  @abc.abstractmethod
+  def matmul(self, a: QTensor, b: QTensor, out_dtype) -> Array:
+    """The (B, M, N) product of canonical operands in ``out_dtype``."""
