@@ -68,8 +68,8 @@ class ImplementationRegistry:
       if impl.name == name:
         return impl
     raise ValueError(
-      f"{self.op}: implementation must be None, one of {self.names}, an "
-      f"Implementation or a sequence of them, got {name!r}"
+      f"{self.op}: implementation must be None or one of {self.names} (or "
+      f"an Implementation, or a sequence of them), got {name!r}"
     )
 
   def _candidates(self, implementation) -> list[Implementation]:
@@ -81,8 +81,8 @@ class ImplementationRegistry:
       implementation = (implementation,)
     if not isinstance(implementation, Sequence) or not implementation:
       raise ValueError(
-        f"{self.op}: implementation must be None, one of {self.names}, an "
-        f"Implementation or a non-empty sequence of them, got "
+        f"{self.op}: implementation must be None or one of {self.names} (or "
+        f"an Implementation, or a non-empty sequence of them), got "
         f"{implementation!r}"
       )
     return [
@@ -110,14 +110,15 @@ class ImplementationRegistry:
       reason = impl.unsupported_reason(request)
       if reason is None:
         return impl
-      reasons.append(f"{impl.name}: {reason}")
+      reasons.append((impl.name, reason))
+    if implementation is not None and len(candidates) == 1:
+      raise NotImplementedError(
+        f"{self.op}: implementation={candidates[0].name!r} cannot run "
+        f"{what}: {reasons[0][1]}"
+      )
     if implementation is None:
       asked = f"no implementation on backend {jax.default_backend()!r} can"
-    elif len(candidates) == 1:
-      asked = f"implementation={candidates[0].name!r} cannot"
     else:
-      names = tuple(c.name for c in candidates)
-      asked = f"none of implementation={names} can"
-    raise NotImplementedError(
-      f"{self.op}: {asked} run {what}: " + " | ".join(reasons)
-    )
+      asked = f"none of implementation={tuple(n for n, _ in reasons)} can"
+    listed = " | ".join(f"{name}: {reason}" for name, reason in reasons)
+    raise NotImplementedError(f"{self.op}: {asked} run {what}: {listed}")

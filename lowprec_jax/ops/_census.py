@@ -200,10 +200,12 @@ def _dot_dtypes(eqn) -> tuple[str, str, str] | None:
   return None
 
 
-def _first_dot(jaxpr) -> tuple[str, str, str]:
+def _first_dot(jaxpr) -> tuple[str, str, str] | None:
+  """Dtypes of the first dot in ``jaxpr`` (depth first), or None."""
   for eqn in jaxpr.eqns:
     found = _dot_dtypes(eqn)
-    for sub in () if found else _sub_jaxprs(eqn):
+    subs = iter(_sub_jaxprs(eqn))
+    while found is None and (sub := next(subs, None)) is not None:
       found = _first_dot(sub)
     if found:
       return found
@@ -222,9 +224,12 @@ def _walk(jaxpr, context, multiplier, counts):
   for eqn in jaxpr.eqns:
     stack = f"{context}/{eqn.source_info.name_stack}"
     if _is_gemm_call(eqn):
-      tag = GemmTag.parse(stack)
       dtypes = _first_dot(eqn.params["jaxpr"].jaxpr)
-      fields = dataclasses.astuple(tag)
+      if dtypes is None:
+        # A part of the call that partial evaluation split off (e.g. scale
+        # indices hoisted out of a scan): the GEMM itself is elsewhere.
+        continue
+      fields = dataclasses.astuple(GemmTag.parse(stack))
       key = (*fields[:6], *dtypes, fields[6], layer_path(stack))
       counts[key] += multiplier
       continue

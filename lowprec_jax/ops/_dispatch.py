@@ -19,6 +19,7 @@ census records it: each operand names the implementation that quantized it
 """
 
 from lowprec_jax._implementations import ImplementationRegistry
+from lowprec_jax.ops._config import DotQuantConfig
 from lowprec_jax.ops._kernel_gemm import MOSAIC, PALLAS
 from lowprec_jax.ops._xla_gemm import XLA
 
@@ -27,6 +28,17 @@ GEMMS = ImplementationRegistry(
   implementations=(MOSAIC, PALLAS, XLA),
   auto={"gpu": ("mosaic", "pallas", "xla")},
 )
+
+
+def resolve(implementation, config: DotQuantConfig):
+  """The implementation that will run every GEMM of ``config`` (see above).
+
+  Raises:
+    ValueError: for an unknown name.
+    NotImplementedError: when the requested implementation(s) cannot run
+      the config, with each reason.
+  """
+  return GEMMS.resolve(implementation, config, f"config {config.name!r}")
 
 
 def available() -> tuple[str, ...]:

@@ -30,10 +30,10 @@ from jax import Array, lax
 from jax.ad_checkpoint import checkpoint_name
 
 from lowprec_jax.formats._qtensor import QTensor
+from lowprec_jax.ops import _dispatch
 from lowprec_jax.ops._census import GEMM_CALL, GemmTag
 from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
 from lowprec_jax.ops._dimension_numbers import canonicalize
-from lowprec_jax.ops._dispatch import GEMMS
 from lowprec_jax.ops._gemm_implementation import GemmImplementation
 from lowprec_jax.ops._recipes import get_recipe
 from pallas_kernels.checks import as_seed, check_float_array, check_out_dtype
@@ -315,7 +315,7 @@ def quantized_dot_general(
       "uint32 scalar or a jax.random key)"
     )
   seed = as_seed(seed) if seed is not None else jnp.zeros((), jnp.uint32)
-  impl = GEMMS.resolve(implementation, config, f"config {config.name!r}")
+  impl = _dispatch.resolve(implementation, config)
   if jax.sharding.get_abstract_mesh().explicit_axes:
     # Sharding-in-types: quantize and multiply with the mesh axes in auto
     # mode and give the result exactly the sharding lax.dot_general would.

@@ -66,8 +66,8 @@ class KernelGemm(GemmImplementation):
     if lf.grid.is_int8:
       if lf.tile != rf.tile:
         return (
-          f"the {self.name} INT8 kernel needs one block size for both "
-          f"operands, got {lf.block} and {rf.block}"
+          "the INT8 kernel needs one block size for both operands, got "
+          f"{lf.block} and {rf.block}"
         )
       return None
     return self.fp8_kernels.unsupported_reason(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lowprec_jax.formats import Fp8, Int8Block, quantize
-from lowprec_jax.formats._rounding import round_fp8, round_int
+from pallas_kernels.numerics import round_fp8, round_int
 from tests.helpers import fp8_ulp, normal
 
 FORMATS = [Int8Block(32), Fp8.per_tensor("e4m3"), Fp8.groups(16, "e5m2")]

@@ -18,8 +18,8 @@ import numpy as np
 from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
 
 from lowprec_jax.formats import QTensor
-from lowprec_jax.formats._tiles import scale_shape
 from lowprec_jax.ops._xla_gemm import XlaGemm
+from pallas_kernels.tiles import scale_shape
 from tests.helpers import rng
 
 ON_GPU = jax.default_backend() == "gpu"

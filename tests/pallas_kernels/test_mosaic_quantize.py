@@ -6,7 +6,7 @@ realistic shapes (``mosaic_support.ON_GPU``). Every comparison is exact:
 codes and scales against the plain-jnp twins of :mod:`pallas_kernels.quantize`
 (correctly rounded reciprocal, any backend) and against
 ``lowprec_jax.formats.quantize`` under ``jit`` (which also takes the
-correctly rounded reciprocal, ``pallas_kernels._rounding.reciprocal_rn``,
+correctly rounded reciprocal, ``pallas_kernels.numerics.reciprocal_rn``,
 rather than the GPU's approximate ``div.full.f32``). The library comparison
 is its own test, so a GPU failure there points at the library, not at the
 kernels.
@@ -21,9 +21,8 @@ from jax import lax
 
 from lowprec_jax.formats import Fp8, Int8Block
 from pallas_kernels import quantize as portable
-from pallas_kernels._rounding import reciprocal_rn
 from pallas_kernels.mosaic import quantize as Q
-from pallas_kernels.mosaic._reciprocal import corrected_reciprocal
+from pallas_kernels.numerics import corrected_reciprocal, reciprocal_rn
 from tests.helpers import normal
 from tests.pallas_kernels.mosaic_support import ON_GPU, finished, races_found
 from tests.pallas_kernels.test_quantize import _bits, _library, assert_bitwise
