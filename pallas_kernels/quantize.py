@@ -209,7 +209,7 @@ def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
       )
     ],
   )
-  if layout.kind == "rows":
+  if layout.kind is tiles.TileKind.ROWS:
     absmax = jnp.max(partial, axis=2, keepdims=True)
   else:
     absmax = jnp.max(partial).reshape(1, 1, 1)

@@ -8,7 +8,7 @@ The same tests run in two modes:
   shapes. ``ON_GPU`` switches.
 
 Codes and scales are built directly as QTensors, so the reference is the
-``"xla"`` implementation (``lowprec_jax.ops._xla_gemm.XlaGemm``) on the same
+``"xla"`` implementation (``lowprec_jax.ops._xla_gemm.XLA``) on the same
 QTensors: the contract the kernels implement.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
 
 from lowprec_jax.formats import QTensor
-from lowprec_jax.ops._xla_gemm import XlaGemm
+from lowprec_jax.ops._xla_gemm import XLA
 from pallas_kernels.tiles import scale_shape
 from tests.helpers import rng
 
@@ -60,7 +60,7 @@ def exact_operand(fmt, shape, *name) -> QTensor:
 
 
 def reference(a: QTensor, b: QTensor, out_dtype=jnp.float32):
-  return XlaGemm()(a, b, out_dtype)
+  return XLA.matmul(a, b, out_dtype)
 
 
 def abs_reference(a: QTensor, b: QTensor):
@@ -70,7 +70,7 @@ def abs_reference(a: QTensor, b: QTensor):
     q = jnp.abs(t.qvalue.astype(jnp.float32)).astype(t.qvalue.dtype)
     return QTensor(q, jnp.abs(t.scale), t.format, t.dtype)
 
-  return np.asarray(XlaGemm()(absolute(a), absolute(b), jnp.float32))
+  return np.asarray(XLA.matmul(absolute(a), absolute(b), jnp.float32))
 
 
 def assert_bitwise(got, want):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lowprec_jax.formats import Fp8, QTensor
-from lowprec_jax.ops._xla_gemm import XlaGemm
+from lowprec_jax.ops._xla_gemm import XLA
 from pallas_kernels import fp8_matmul as F
 from tests.helpers import F32_EPS, all_dots, rng
 
@@ -91,7 +91,7 @@ def _float64(a_q, a_s, b_q, b_s, a_tile, b_tile):
 def _xla(a_q, a_s, b_q, b_s, a_tile, b_tile):
   a = QTensor(a_q, a_s, Fp8(NAMES[np.dtype(a_q.dtype)], a_tile))
   b = QTensor(b_q, b_s, Fp8("e4m3", b_tile))
-  return jax.jit(XlaGemm(), static_argnums=2)(a, b, jnp.float32)
+  return jax.jit(XLA.matmul, static_argnums=2)(a, b, jnp.float32)
 
 
 @pytest.mark.parametrize("a_tile, b_tile, a_dtype", CASES)

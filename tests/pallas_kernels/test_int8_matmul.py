@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from lowprec_jax.formats import Int8Block, QTensor, quantize
-from lowprec_jax.ops._xla_gemm import XlaGemm
+from lowprec_jax.ops._xla_gemm import XLA
 from pallas_kernels import int8_matmul as I
 from tests.helpers import F32_EPS, rng
 
@@ -72,7 +72,7 @@ def _terms(a_q, a_s, b_q, b_s, block):
 
 def _xla(a_q, a_s, b_q, b_s, block, out_dtype=jnp.float32):
   fmt = Int8Block(block)
-  gemm = jax.jit(XlaGemm(), static_argnums=2)
+  gemm = jax.jit(XLA.matmul, static_argnums=2)
   return gemm(QTensor(a_q, a_s, fmt), QTensor(b_q, b_s, fmt), out_dtype)
 
 

@@ -53,16 +53,16 @@ def _oracle_round_fp8(y, dtype, u):
 
 
 def _oracle_scale(absmax, qmax):
-  """The scale rule in numpy f32 (NaN for non-finite absmax)."""
+  """The scale rule in numpy f32 (NaN for non-finite absmax); subnormal
+  absmax flushes to zero, as XLA does on CPU and GPU."""
   absmax = np.asarray(absmax, np.float32)
-  f32max = np.finfo(np.float32).max
+  absmax = np.where(absmax < np.finfo(np.float32).tiny, 0, absmax)
+  f32max = float(np.finfo(np.float32).max)
   cap = np.float32(f32max / qmax)
   while float(cap) * qmax > f32max:
     cap = np.nextafter(cap, np.float32(0))
-  with np.errstate(invalid="ignore", over="ignore"):
-    scale = np.maximum(absmax * np.float32(1.0 / qmax), np.float32(2.0**-126))
-    scale = np.minimum(scale, cap)
-  scale = np.where(absmax == 0, np.float32(1), scale)
+  scale = np.maximum(absmax * np.float32(1.0 / qmax), np.float32(2.0**-126))
+  scale = np.where(absmax == 0, np.float32(1), np.minimum(scale, cap))
   return np.where(np.isfinite(absmax), scale, np.float32(np.nan))
 
 
