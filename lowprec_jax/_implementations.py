@@ -112,11 +112,11 @@ class ImplementationRegistry:
         return impl
       reasons.append(f"{impl.name}: {reason}")
     if implementation is None:
-      asked = f"on backend {jax.default_backend()!r}, no implementation"
+      asked = f"on backend {jax.default_backend()!r}, no implementation can"
     elif len(candidates) == 1:
-      asked = f"implementation={candidates[0].name!r}"
+      asked = f"implementation={candidates[0].name!r} cannot"
     else:
-      asked = f"none of implementation={tuple(c.name for c in candidates)}"
+      asked = f"none of implementation={tuple(c.name for c in candidates)} can"
     raise NotImplementedError(
-      f"{self.op}: {asked} can run {what}: " + " | ".join(reasons)
+      f"{self.op}: {asked} run {what}: " + " | ".join(reasons)
     )
