@@ -20,7 +20,7 @@ independent, so rows can be blocked freely. ``reference`` runs the same
 packed 4-bit byte holds element ``j`` (low nibble) and element ``j + G/2``
 (high nibble) of its group, which keeps packing free of interleaving.
 
-The codecs (:mod:`pallas_kernels._moment_codecs`) hold the format math.
+The codecs (:mod:`pallas_kernels.moment_codecs`) hold the format math.
 Codebooks and their midpoints are kernel inputs; a ``Lookup`` reads them
 (``jnp.take``/``searchsorted`` in the reference, ref gathers and a binary
 search in the kernel).
@@ -35,7 +35,7 @@ from jax import Array
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels import _moment_codecs as mc
+from pallas_kernels import moment_codecs as mc
 from pallas_kernels._common import cdiv, resolve_interpret
 
 HYPER_SIZE = 16  # the hyper-parameter vector, padded to a power of two
@@ -114,7 +114,7 @@ def reference(g, mu, nu, hyper, *, codecs, tables=((), ()), nesterov=False):
   ``tables`` holds ``(codebook, midpoints)`` per codebook codec, else ``()``.
   Returns ``(update in g.dtype, (codes, stats), (codes, stats))``.
   """
-  lookups = tuple(mc.array_lookup(*t) if t else None for t in tables)
+  lookups = tuple(mc.array_lookup(*t) for t in tables)
   parts = mc.split_parts(g.astype(jnp.float32))
   moments = [
     (mc.split_parts(codes, codec), tuple(stats))

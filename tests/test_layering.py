@@ -17,7 +17,7 @@ FORBIDDEN = {
   "lowprec_jax/formats": ("lowprec_jax.ops", "lowprec_jax.nn", "train", "flax"),
   "lowprec_jax/ops": ("lowprec_jax.nn", "train", "flax"),
   "lowprec_jax/nn": ("train", "lowprec_jax.optim"),
-  "lowprec_jax/optim": ("train",),
+  "lowprec_jax/optim": ("train", "flax"),
 }
 
 

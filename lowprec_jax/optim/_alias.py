@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import optax
 
+from lowprec_jax._implementations import ImplementationLike
 from lowprec_jax.optim import _masks, _transform
 from lowprec_jax.optim import _moment_formats as mf
 
@@ -43,7 +44,7 @@ def adamw_quantized(
   mu_format: mf.MomentFormat | None,
   nu_format: mf.MomentFormat | None,
   quantize_mask: Any | None = None,
-  implementation: _transform.Implementation = None,
+  implementation: ImplementationLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments are stored in ``mu_format`` / ``nu_format``.
 
@@ -63,8 +64,8 @@ def adamw_quantized(
     quantize_mask: tree of bools or ``params -> tree of bools``; True means
       quantized states. None: :func:`default_quantize_mask` (ndim >= 2,
       >= 4096 elements, not an embedding or the LM head).
-    implementation: ``"xla"``, ``"pallas"`` or None (see
-      :func:`scale_by_adam_quantized`).
+    implementation: ``"xla"``, ``"pallas"``, an implementation, a sequence
+      of them tried in order, or None (see :func:`scale_by_adam_quantized`).
   """
   quantized = _transform.scale_by_adam_quantized(
     b1,
@@ -100,7 +101,7 @@ def adamw_fp8(
   mu_format: mf.MomentFormat | None = _FP8_E4M3,
   nu_format: mf.MomentFormat | None = _FP8_E4M3,
   quantize_mask: Any | None = None,
-  implementation: _transform.Implementation = None,
+  implementation: ImplementationLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """COAT's FP8 AdamW: both moments E4M3 with dynamic range expansion.
 
@@ -122,7 +123,21 @@ def adamw_fp8(
     Xi et al., "COAT: Compressing Optimizer states and Activation for
     memory-efficient FP8 Training", ICLR 2025.
   """
-  return adamw_quantized(**locals())
+  return adamw_quantized(
+    learning_rate=learning_rate,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    weight_decay=weight_decay,
+    mask=mask,
+    nesterov=nesterov,
+    mu_format=mu_format,
+    nu_format=nu_format,
+    quantize_mask=quantize_mask,
+    implementation=implementation,
+  )
 
 
 def adamw_8bit(
@@ -139,7 +154,7 @@ def adamw_8bit(
   mu_format: mf.MomentFormat | None = _DYNAMIC8_SIGNED,
   nu_format: mf.MomentFormat | None = _DYNAMIC8_UNSIGNED,
   quantize_mask: Any | None = None,
-  implementation: _transform.Implementation = None,
+  implementation: ImplementationLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """8-bit AdamW (bitsandbytes' scheme): dynamic tree maps, blocks of 256.
 
@@ -151,7 +166,21 @@ def adamw_8bit(
     Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR
     2022.
   """
-  return adamw_quantized(**locals())
+  return adamw_quantized(
+    learning_rate=learning_rate,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    weight_decay=weight_decay,
+    mask=mask,
+    nesterov=nesterov,
+    mu_format=mu_format,
+    nu_format=nu_format,
+    quantize_mask=quantize_mask,
+    implementation=implementation,
+  )
 
 
 def adamw_4bit(
@@ -168,7 +197,7 @@ def adamw_4bit(
   mu_format: mf.MomentFormat | None = _DYNAMIC4_SIGNED,
   nu_format: mf.MomentFormat | None = _LINEAR4_UNSIGNED,
   quantize_mask: Any | None = None,
-  implementation: _transform.Implementation = None,
+  implementation: ImplementationLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """4-bit AdamW: signed 4-bit dynamic map for m, zero-free linear map for v.
 
@@ -182,4 +211,18 @@ def adamw_4bit(
     Li et al., "Memory Efficient Optimizers with 4-bit States", NeurIPS 2023
     (block 128, dynamic exponent map for m, zero-free map for v).
   """
-  return adamw_quantized(**locals())
+  return adamw_quantized(
+    learning_rate=learning_rate,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    weight_decay=weight_decay,
+    mask=mask,
+    nesterov=nesterov,
+    mu_format=mu_format,
+    nu_format=nu_format,
+    quantize_mask=quantize_mask,
+    implementation=implementation,
+  )

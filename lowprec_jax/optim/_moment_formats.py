@@ -15,8 +15,8 @@ flattened tensor). Layout, chosen so that states shard like their parameters:
   stats ``(groups,)``. Zero padding changes no group statistic (zeros are
   excluded from DRE's minimum and never raise an absmax).
 
-The numerics live in :mod:`pallas_kernels.quantized_adam` (codecs shared with
-the fused kernel); this module holds the user-facing formats, the pytree, and
+The numerics live in :mod:`pallas_kernels.moment_codecs` (shared with the
+fused kernel); this module holds the user-facing formats, the pytree, and
 the exact byte counts.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 from jax import Array
 
 from lowprec_jax.optim import _codebooks
-from pallas_kernels import _moment_codecs as mc
+from pallas_kernels import moment_codecs as mc
 
 _FP8_DTYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
 
@@ -49,7 +49,7 @@ class MomentFormat(abc.ABC):
 
   @abc.abstractmethod
   def codec(self):
-    """The static codec of :mod:`pallas_kernels.quantized_adam`."""
+    """The static codec of :mod:`pallas_kernels.moment_codecs`."""
 
   @abc.abstractmethod
   def stat_names(self) -> tuple[str, ...]:
@@ -84,7 +84,7 @@ class Fp8Dre(MomentFormat):
   ``c = sqrt(max) sqrt(min)`` (min over non-zero magnitudes),
   ``q = fp8(sign(x) (|x|/c)^k / s)`` with ``s = (max/c)^k / fmax``; decoded
   as ``sign(q) c (|q| s)^(1/k)``. E4M3 targets ``448^2/2`` exactly as COAT;
-  E5M2 targets its own ``57344^2/2``. See ``pallas_kernels.quantized_adam.
+  E5M2 targets its own ``57344^2/2``. See ``pallas_kernels.moment_codecs.
   Fp8DreCodec`` for the guards.
 
   Args:
@@ -271,13 +271,8 @@ def _dequantize(q: QuantizedMoment) -> Array:
   fmt, layout = q.format, q.layout
   codec = fmt.codec()
   codes = mc.split_parts(layout.view_codes(q.codes, fmt.code_width), codec)
-  parts = codec.decode(codes, q.stats_tuple(), _lookup(fmt))
+  parts = codec.decode(codes, q.stats_tuple(), mc.array_lookup(*fmt.tables()))
   return layout.unview(jnp.concatenate(parts, axis=-1))
-
-
-def _lookup(fmt: MomentFormat):
-  tables = fmt.tables()
-  return mc.array_lookup(*tables) if tables else None
 
 
 def from_codes(codes, stats, fmt: MomentFormat, shape) -> QuantizedMoment:
@@ -297,7 +292,7 @@ def quantize_moment(x: Array, fmt: MomentFormat) -> QuantizedMoment:
   check_float(x, "x")
   layout = GroupLayout(tuple(x.shape), fmt.group)
   parts = mc.split_parts(layout.view(x.astype(jnp.float32)))
-  codes, stats = fmt.codec().encode(parts, _lookup(fmt))
+  codes, stats = fmt.codec().encode(parts, mc.array_lookup(*fmt.tables()))
   return from_codes(jnp.concatenate(codes, axis=-1), stats, fmt, x.shape)
 
 

@@ -19,7 +19,6 @@ import math
 
 import jax
 import optax
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lowprec_jax.optim import _moment_formats as mf
@@ -85,6 +84,20 @@ def check_param_sharding(p, fmt: mf.MomentFormat) -> None:
     moment_specs(p.shape, fmt, sharding.spec, dict(sharding.mesh.shape))
 
 
+def is_array_wrapper(x) -> bool:
+  """A pytree node standing for one value (JAX's ``__jax_array__``), such as
+  the ``nnx.Variable``s of ``nnx.Optimizer`` and ``nnx.get_partition_spec``."""
+  return hasattr(x, "__jax_array__") and not jax.tree_util.all_leaves([x])
+
+
+def unwrap(x):
+  """The value inside an array wrapper (:func:`is_array_wrapper`), else x."""
+  if not is_array_wrapper(x):
+    return x
+  (value,), _ = jax.tree_util.flatten_one_level(x)
+  return value
+
+
 def _is_state_leaf(x) -> bool:
   return x is None or isinstance(x, (mf.QuantizedMoment, optax.MaskedNode))
 
@@ -111,8 +124,7 @@ def state_partition_specs(tx, params, param_specs, mesh=None):
   state = jax.eval_shape(tx.init, params)
 
   def leaf_specs(leaf, spec):
-    if isinstance(spec, nnx.Variable):  # nnx.get_partition_spec output
-      spec = spec.get_value()
+    spec = unwrap(spec)  # nnx.get_partition_spec gives Variables
     if isinstance(leaf, mf.QuantizedMoment):
       codes, stats = moment_specs(leaf.shape, leaf.format, spec, mesh_shape)
       return mf.QuantizedMoment(

@@ -8,21 +8,19 @@ only inside that step (in registers for ``"pallas"``, as XLA temporaries of
 that tensor for ``"xla"``).
 """
 
-from typing import Literal, NamedTuple
+import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax import Array
 
+from lowprec_jax import _implementations as impls
 from lowprec_jax.optim import _moment_formats as mf
 from lowprec_jax.optim import _sharding
-from pallas_kernels import _common
-from pallas_kernels import _moment_codecs as mc
+from pallas_kernels import moment_codecs as mc
 from pallas_kernels import quantized_adam as qa
-
-Implementation = Literal["xla", "pallas"] | None
 
 
 class ScaleByAdamQuantizedState(NamedTuple):
@@ -47,31 +45,6 @@ def _check_format(fmt, name: str, *, need_signed: bool) -> None:
     )
 
 
-def resolve_implementation(implementation, *formats) -> str:
-  """``None`` -> "pallas" on a GPU, else "xla" (always "xla" if unquantized)."""
-  if implementation not in (None, "xla", "pallas"):
-    raise ValueError(
-      f"implementation must be 'xla', 'pallas' or None, got {implementation!r}"
-    )
-  if all(f is None for f in formats):
-    if implementation == "pallas":
-      raise NotImplementedError(
-        "implementation='pallas' needs a quantized mu_format or nu_format; "
-        "with both None use 'xla' (it is optax.scale_by_adam)"
-      )
-    return "xla"
-  if implementation is None:
-    return "pallas" if _common.on_gpu() else "xla"
-  return implementation
-
-
-def _block_rows(rows: int) -> int:
-  """16 groups per program on a GPU; bigger blocks in the CPU interpreter."""
-  if _common.on_gpu():
-    return 16
-  return min(256, 1 << max(0, rows - 1).bit_length())
-
-
 def scale_by_adam_quantized(
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
@@ -81,7 +54,7 @@ def scale_by_adam_quantized(
   mu_format: mf.MomentFormat | None,
   nu_format: mf.MomentFormat | None,
   nesterov: bool = False,
-  implementation: Implementation = None,
+  implementation: impls.ImplementationLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam, storing both moments in quantized formats.
 
@@ -109,7 +82,9 @@ def scale_by_adam_quantized(
     nu_format: storage of the second moment, or None.
     nesterov: use Nesterov momentum (``optax.nadam``'s rule).
     implementation: ``"xla"`` (plain jnp), ``"pallas"`` (one fused kernel per
-      tensor; interpreted on CPU), or None (``"pallas"`` on a GPU, else
+      tensor, interpreted on CPU; needs a quantized format), an
+      implementation object, a sequence of them (the first that can run the
+      formats is used), or None (``("pallas", "xla")`` on a GPU, else
       ``"xla"``). Both give the same bits on CPU (tested); compiled Triton
       kernels may contract multiply-adds and use their own exp2/log2, so
       on a GPU they agree to rounding, not bit for bit. XLA cannot
@@ -128,7 +103,10 @@ def scale_by_adam_quantized(
         f"mu_format.group={mu_format.group} and nu_format.group="
         f"{nu_format.group} must be equal (both moments share one grouping)"
       )
-  impl = resolve_implementation(implementation, mu_format, nu_format)
+  formats = (mu_format, nu_format)
+  impl = IMPLEMENTATIONS.resolve(
+    implementation, formats, f"mu_format={mu_format}, nu_format={nu_format}"
+  )
   group = (mu_format or nu_format).group if (mu_format or nu_format) else None
 
   def zero_moment(p, fmt):
@@ -137,21 +115,21 @@ def scale_by_adam_quantized(
     return mf.zeros_moment(p.shape, fmt)
 
   def init_moment(p, fmt):
-    if fmt is None:  # like optax: zeros of the parameter (Variable kept)
+    if fmt is None:  # like optax: zeros of the parameter (wrapper kept)
       return jax.tree.map(jnp.zeros_like, p)
-    p = p.get_value() if isinstance(p, nnx.Variable) else p
+    p = _sharding.unwrap(p)
     return jax.tree.map(lambda x: zero_moment(x, fmt), p)  # or a MaskedNode
 
   def init_fn(params):
-    # A quantized moment replaces a Flax Variable rather than sitting inside
-    # one, so nnx.Optimizer wraps its arrays (codes, stats) individually.
+    # A quantized moment replaces an array wrapper (Flax Variable) rather than
+    # sitting inside one, so nnx.Optimizer wraps its codes and stats singly.
     moments = [
       jax.tree.map(
         lambda p, f=fmt: init_moment(p, f),
         params,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
+        is_leaf=_sharding.is_array_wrapper,
       )
-      for fmt in (mu_format, nu_format)
+      for fmt in formats
     ]
     return ScaleByAdamQuantizedState(jnp.zeros([], jnp.int32), *moments)
 
@@ -162,7 +140,7 @@ def scale_by_adam_quantized(
       return _unquantized_step(g, mu, nu, hyper, nesterov)
     layout = mf.GroupLayout(tuple(g.shape), group)
     args, codecs, tables = [], [], []
-    for m, fmt in ((mu, mu_format), (nu, nu_format)):
+    for m, fmt in zip((mu, nu), formats):
       if fmt is None:
         args.append((layout.view(m), ()))
         codecs.append(mc.PlainCodec(str(m.dtype)))
@@ -172,15 +150,14 @@ def scale_by_adam_quantized(
         args.append((codes, m.stats_tuple()))
         codecs.append(fmt.codec())
         tables.append(fmt.tables())
-    run = _run_xla if impl == "xla" else _run_pallas
-    u, *new = run(
+    u, *new = impl.update(
       layout.view(g), *args, hyper, tuple(codecs), tuple(tables), nesterov
     )
     moments = [
       layout.unview(codes)
       if fmt is None
       else mf.from_codes(codes, stats, fmt, g.shape)
-      for (codes, stats), fmt in zip(new, (mu_format, nu_format))
+      for (codes, stats), fmt in zip(new, formats)
     ]
     return layout.unview(u), *moments
 
@@ -217,28 +194,65 @@ def _unquantized_step(g, mu, nu, hyper, nesterov):
   return u[0].astype(g.dtype), m, v
 
 
-def _run_xla(g, mu, nu, hyper, codecs, tables, nesterov):
-  return qa.reference(
-    g, mu, nu, hyper, codecs=codecs, tables=tables, nesterov=nesterov
-  )
+@dataclasses.dataclass(frozen=True)
+class XlaAdam(impls.Implementation):
+  """The step in plain jnp (:func:`pallas_kernels.quantized_adam.reference`);
+  XLA fuses it and shards its group-local arithmetic without communication."""
+
+  name: str = "xla"
+
+  def unsupported_reason(self, formats) -> str | None:
+    del formats
+    return None
+
+  def update(self, g, mu, nu, hyper, codecs, tables, nesterov):
+    return qa.reference(
+      g, mu, nu, hyper, codecs=codecs, tables=tables, nesterov=nesterov
+    )
 
 
-def _run_pallas(g, mu, nu, hyper, codecs, tables, nesterov):
-  """The fused kernel on the 2-D (groups, G) view; results reshaped back."""
-  flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-  moments = [(flat(c), tuple(s.reshape(-1) for s in st)) for c, st in (mu, nu)]
-  rows = moments[0][0].shape[0]
-  u, *new = qa.quantized_adam_update(
-    flat(g),
-    *moments,
-    hyper,
-    codecs=codecs,
-    tables=tables,
-    nesterov=nesterov,
-    block_rows=_block_rows(rows),
-  )
-  shaped = [
-    (codes.reshape(c.shape), tuple(x.reshape(s.shape) for x, s in zip(st, s0)))
-    for (codes, st), (c, s0) in zip(new, (mu, nu))
-  ]
-  return u.reshape(g.shape), *shaped
+@dataclasses.dataclass(frozen=True)
+class PallasAdam(impls.Implementation):
+  """One fused kernel per tensor on its 2-D ``(groups, G)`` view (interpreted
+  on CPU), with 16 groups per program on a GPU and up to 256 in the CPU
+  interpreter; XLA cannot partition it."""
+
+  name: str = "pallas"
+
+  def unsupported_reason(self, formats) -> str | None:
+    if all(f is None for f in formats):
+      return (
+        "needs a quantized mu_format or nu_format; with both None use 'xla' "
+        "(it is optax.scale_by_adam)"
+      )
+    return None
+
+  def update(self, g, mu, nu, hyper, codecs, tables, nesterov):
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+    moments = [
+      (flat(c), tuple(s.reshape(-1) for s in st)) for c, st in (mu, nu)
+    ]
+    rows = moments[0][0].shape[0]
+    on_gpu = jax.default_backend() == "gpu"
+    u, *new = qa.quantized_adam_update(
+      flat(g),
+      *moments,
+      hyper,
+      codecs=codecs,
+      tables=tables,
+      nesterov=nesterov,
+      block_rows=16 if on_gpu else min(256, 1 << max(0, rows - 1).bit_length()),
+    )
+    shaped = [
+      (c.reshape(c0.shape), tuple(x.reshape(x0.shape) for x, x0 in zip(st, s0)))
+      for (c, st), (c0, s0) in zip(new, (mu, nu))
+    ]
+    return u.reshape(g.shape), *shaped
+
+
+IMPLEMENTATIONS = impls.ImplementationRegistry(
+  op="scale_by_adam_quantized",
+  implementations=(PallasAdam(), XlaAdam()),
+  auto={"gpu": ("pallas", "xla")},
+  default_auto=("xla",),
+)

@@ -17,7 +17,7 @@ import pytest
 from lowprec_jax.optim import Codebook, Fp8Dre, scale_by_adam_quantized
 from lowprec_jax.optim._codebooks import dynamic_map, linear_nonzero_map, tables
 from lowprec_jax.optim._moment_formats import zeros_moment
-from pallas_kernels import _moment_codecs as mc
+from pallas_kernels import moment_codecs as mc
 from pallas_kernels import quantized_adam as qa
 from pallas_kernels._common import cuda_lowering
 from tests.helpers import rng

@@ -21,9 +21,10 @@ import dataclasses
 import functools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import Array
+
+from pallas_kernels import numerics
 
 # Magnitudes below the smallest normal float32 are treated as zero: XLA and
 # Triton may flush denormals, and such moments are irrelevant to an update.
@@ -47,8 +48,12 @@ class Lookup:
   nearest: object
 
 
-def array_lookup(codebook: Array, midpoints: Array) -> Lookup:
-  """Lookup over arrays (the reference): ``take`` and ``searchsorted``."""
+def array_lookup(*tables: Array) -> Lookup | None:
+  """Lookup over ``(codebook, midpoints)`` arrays (the reference): ``take``
+  and ``searchsorted``; None without tables (a codec without a codebook)."""
+  if not tables:
+    return None
+  codebook, midpoints = tables
   return Lookup(
     value=lambda i: jnp.take(codebook, i),
     nearest=lambda x: jnp.searchsorted(midpoints, x, side="left").astype(
@@ -110,19 +115,6 @@ def _absmin_nonzero(parts) -> Array:
     jnp.min(jnp.where(p != 0, jnp.abs(p), float("inf")), axis=-1) for p in parts
   ]
   return functools.reduce(jnp.minimum, mins)
-
-
-def _bf16_bits(x: Array, round_up: bool) -> Array:
-  """Non-negative float32 ``x`` rounded to bfloat16, up or down (exact)."""
-  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  down = bits & jnp.uint32(0xFFFF0000)
-  if round_up:
-    inexact = (bits & jnp.uint32(0xFFFF)) != 0
-    down = jnp.where(inexact, down + jnp.uint32(0x10000), down)
-  out = jax.lax.bitcast_convert_type(down, jnp.float32)
-  if round_up:  # never round past the largest finite bfloat16
-    out = jnp.minimum(out, float(jnp.finfo(jnp.bfloat16).max))
-  return out.astype(jnp.bfloat16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,10 +186,11 @@ class Fp8DreCodec:
     amax = _absmax(parts)
     amin = jnp.minimum(_absmin_nonzero(parts), amax) if self.expand else None
     if self.compact:
-      stats = (_bf16_bits(amax, round_up=True),)
+      high = numerics.round_to_bf16(amax, up=True).astype(jnp.bfloat16)
+      stats = (high,)
       if self.expand:  # equal magnitudes stay equal after rounding
-        low = _bf16_bits(amin, round_up=False)
-        stats += (jnp.where(amin >= amax, stats[0], low),)
+        low = numerics.round_to_bf16(amin, up=False).astype(jnp.bfloat16)
+        stats += (jnp.where(amin >= amax, high, low),)
       s, k, c = self._stats_params(stats)
     else:
       s, k, c = self._params(amax, amin)
