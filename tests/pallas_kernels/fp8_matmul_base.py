@@ -70,10 +70,10 @@ class ErrorCase(NamedTuple):
 
   a_tile: tuple | None
   b_tile: tuple | None
-  a_dtype: type
-  b_dtype: type
-  error: type
   match: str
+  error: type = NotImplementedError
+  a_dtype: type = E4M3
+  b_dtype: type = E4M3
 
 
 def _expand(s, tile, shape):

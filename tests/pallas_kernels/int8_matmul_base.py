@@ -115,29 +115,28 @@ class Int8MatmulTestBase(ImplementationTestBase):
     kw.setdefault("interpret", self.interpret)
     return finished(self.kernels.int8_block_matmul(*ops, **kw))
 
-  @cases("bmnk, block", "exact_cases")
-  def test_exact_with_small_integers(self, bmnk, block):
-    ops = int8_operands(bmnk, block, exact=True, seed=0)
+  def _product(self, bmnk, block, *, exact):
+    """(kernel, "xla", twin, float64 product, sum_j |t_j|) on new operands."""
+    ops = int8_operands(bmnk, block, exact=exact, seed=0)
     got = self._run(*ops, block=block)
     assert got.shape == bmnk[:3] and got.dtype == jnp.float32
-    want, _ = block_terms(*ops, block)
-    assert_same(got, want.astype(np.float32), "kernel vs float64")
-    assert_same(got, xla_int8(*ops, block), "kernel vs xla")
     twin_out = twin.int8_block_matmul_reference(*ops, block=block)
+    return got, xla_int8(*ops, block), twin_out, *block_terms(*ops, block)
+
+  @cases("bmnk, block", "exact_cases")
+  def test_exact_with_small_integers(self, bmnk, block):
+    got, xla, twin_out, want, _ = self._product(bmnk, block, exact=True)
+    assert_same(got, want.astype(np.float32), "kernel vs float64")
+    assert_same(got, xla, "kernel vs xla")
     assert_same(got, twin_out, "kernel vs twin")
 
   @cases("bmnk, block", "general_cases")
   def test_general_data_within_budget(self, bmnk, block):
-    ops = int8_operands(bmnk, block, exact=False, seed=0)
-    got = self._run(*ops, block=block)
-    assert got.shape == bmnk[:3] and got.dtype == jnp.float32
-    want, abs_sum = block_terms(*ops, block)
-    xla = xla_int8(*ops, block)
+    got, xla, twin_out, want, abs_sum = self._product(bmnk, block, exact=False)
     n_blocks = cdiv(bmnk[3], block)
     assert within(got, xla, 2 * n_blocks * U * abs_sum)
     if self.same_bits_as_xla:
       assert_same(got, xla, "kernel vs xla")
-      twin_out = twin.int8_block_matmul_reference(*ops, block=block)
       assert_same(got, twin_out, "kernel vs twin")
       assert within(got, want, (n_blocks + 2) * U * abs_sum)
 
