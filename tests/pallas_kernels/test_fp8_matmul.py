@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from benchmarks.shapes import shape
 from pallas_kernels import fp8_matmul as pallas_fp8_matmul
+from pallas_kernels import tiles
 from pallas_kernels.mosaic import fp8_matmul as mosaic_fp8_matmul
 from tests.pallas_kernels.fp8_matmul_base import (
   ErrorCase,
@@ -22,16 +23,10 @@ from tests.pallas_kernels.kernel_support import E4M3, E5M2, FP8_NAMES, ON_GPU
 
 def _table(rows, bmnk=None) -> dict[str, Fp8Case]:
   """{'1x128-128x128-e4m3': Fp8Case} from (a_tile, b_tile, a_dtype[, bmnk])."""
-
-  def name(tile):
-    if tile is None:
-      return "tensor"
-    return "row" if tile == (1, None) else f"{tile[0]}x{tile[1]}"
-
   table = {}
   for row in rows:
     case = Fp8Case(*row) if bmnk is None else Fp8Case(*row, bmnk)
-    key = f"{name(case.a_tile)}-{name(case.b_tile)}-"
+    key = f"{tiles.name(case.a_tile)}-{tiles.name(case.b_tile)}-"
     table[key + FP8_NAMES[jnp.dtype(case.a_dtype)]] = case
   return table
 
