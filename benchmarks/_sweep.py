@@ -2,54 +2,21 @@
 
 The defaults of ``pallas_kernels.mosaic.default_config`` were chosen without
 a GPU (register and SMEM arithmetic, jax's Hopper examples); this measures
-them against a handful of alternatives so the next change is data-driven.
-Forward GEMM only (no quantization), codes random, scales one.
+them against a handful of alternatives (``candidate_configs`` of
+``pallas_kernels.mosaic._config``) so the next change is data-driven. Forward
+GEMM only (no quantization), codes random, scales one.
 """
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 
 from benchmarks._timing import time_calls
-from pallas_kernels.mosaic import (
-  TuningConfig,
-  deepest_pipeline,
-  default_config,
-)
+from pallas_kernels.mosaic import TuningConfig
+from pallas_kernels.mosaic._config import CANDIDATE_KERNELS, candidate_configs
 from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
 from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 
 PEAK_8BIT = 1979e12
-
-# kernel -> (promoted, n_sub, alternatives to the default as replace() kwargs)
-VARIANTS = {
-  "int8_block128": (
-    True,
-    1,
-    (dict(wg_dimension="n"), dict(tile_n=192), dict(max_concurrent_steps=3)),
-  ),
-  "int8_block32": (True, 4, (dict(wg_dimension="n"),)),
-  "fp8_tensor": (
-    False,
-    1,
-    (dict(tile_n=128), dict(wg_dimension="n", tile_n=128)),
-  ),
-  "fp8_1x128_128x128": (True, 1, (dict(wg_dimension="n"), dict(tile_n=192))),
-}
-
-
-def configs_of(kernel: str) -> list[TuningConfig]:
-  """The default config of ``kernel`` first, then its alternatives."""
-  promoted, n_sub, changes = VARIANTS[kernel]
-  fit = dict(n_sub=n_sub, promoted=promoted, out_itemsize=2)
-  base = default_config(**fit)
-  return [base] + [
-    dataclasses.replace(base, **c)
-    if "max_concurrent_steps" in c
-    else deepest_pipeline(dataclasses.replace(base, **c), **fit)
-    for c in changes
-  ]
 
 
 def _call(kernel: str, m, k, n, config: TuningConfig):
@@ -95,8 +62,8 @@ def _call(kernel: str, m, k, n, config: TuningConfig):
 def sweep(m, k, n, *, warmup, iters, deadline, clock) -> list[dict]:
   """One row per (kernel, config); errors and skips are rows too."""
   rows = []
-  for kernel in VARIANTS:
-    configs = configs_of(kernel)
+  for kernel in CANDIDATE_KERNELS:
+    configs = candidate_configs(kernel)
     base = configs[0]
     for config in configs:
       row = {"kernel": kernel, "config": str(config), "default": config == base}

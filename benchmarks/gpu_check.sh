@@ -53,15 +53,16 @@ print(\"kind:\", d.device_kind, \"cores:\", getattr(d, \"core_count\", None))"'
 export PY
 phase env 60 bash -c "$ENV_FACTS"
 
-TESTS=(tests/pallas_kernels/test_mosaic_int8_matmul.py
-  tests/pallas_kernels/test_mosaic_fp8_matmul.py
-  tests/pallas_kernels/test_mosaic_quantize.py
+# The Mosaic subclass of each test base first, then the portable ones.
+TESTS=(tests/pallas_kernels/test_int8_matmul.py::TestMosaicInt8Matmul
+  tests/pallas_kernels/test_fp8_matmul.py::TestMosaicFp8Matmul
+  tests/pallas_kernels/test_quantize.py::TestMosaicQuantize
   tests/pallas_kernels/test_mosaic_lowering.py
-  tests/ops/test_mosaic_gemm.py
-  tests/pallas_kernels/test_quantize.py
-  tests/pallas_kernels/test_int8_matmul.py
-  tests/pallas_kernels/test_fp8_matmul.py
-  tests/ops/test_implementations.py)
+  tests/ops/test_implementations.py::TestMosaicImplementation
+  tests/pallas_kernels/test_quantize.py::TestPallasQuantize
+  tests/pallas_kernels/test_int8_matmul.py::TestPallasInt8Matmul
+  tests/pallas_kernels/test_fp8_matmul.py::TestPallasFp8Matmul
+  tests/ops/test_implementations.py::TestPallasImplementation)
 phase tests 240 "$PY" -m pytest -q -rA -p no:cacheprovider "${TESTS[@]}"
 
 if [[ $DRY -eq 1 ]]; then

@@ -1,8 +1,8 @@
 """Speed of the quantized GEMMs and quantize kernels against XLA bf16.
 
-For named real shapes (``shapes.py``, 8192 tokens) and a Linear
-``y = x . w``, times the forward and the forward + backward (``jax.vjp``)
-of:
+For the named real shapes (``shapes.py``, tag ``bench``: 8192 tokens) and a
+Linear ``y = x . w``, times the forward and the forward + backward
+(``jax.vjp``) of:
 
 * ``bf16``: ``lax.dot_general`` on bf16 (the baseline of every ratio);
 * ``xla_fp8``: XLA's own FP8 path, per-tensor scales fused into cuBLASLt;
@@ -37,7 +37,7 @@ from benchmarks._results import RESULTS, write_results
 from benchmarks._sweep import sweep
 from benchmarks._timing import copy_bandwidth, gemm_paths, time_calls
 from benchmarks._xla_fp8 import xla_fp8_matmul
-from benchmarks.shapes import SHAPES
+from benchmarks.shapes import Shape, shapes
 from lowprec_jax.ops import (
   _dispatch,
   available_implementations,
@@ -57,7 +57,6 @@ RECIPES = {
 IMPLEMENTATIONS = ("xla", "pallas", "mosaic")
 MODES = ("fwd", "fwd_bwd")
 TARGET_SHAPE = "llama7b_mlp_up"
-SMOKE_SHAPES = (("smoke", 128, 256, 128),)
 
 
 def _linear(recipe: str | None, impl: str):
@@ -91,7 +90,7 @@ def _inputs(m, k, n):
   return x, w, g
 
 
-def _cases(shapes, recipes, impls, modes, smoke: bool):
+def _cases(table: list[Shape], recipes, impls, modes, smoke: bool):
   """(shape, recipe, impl, mode), most important first.
 
   The target shape (and a smoke run) gets every implementation and mode; the
@@ -99,7 +98,8 @@ def _cases(shapes, recipes, impls, modes, smoke: bool):
   device time).
   """
   impls = [i for i in impls if i in available_implementations()]
-  for name, m, k, n in shapes:
+  for s in table:
+    name, m, k, n = s.name, s.m, s.k, s.n
     full = smoke or name == TARGET_SHAPE
     for mode in modes if full else [m_ for m_ in modes if m_ == "fwd_bwd"]:
       yield name, m, k, n, None, "bf16", mode
@@ -141,9 +141,7 @@ def _quantize_steps(runner, recipe):
   the forward lhs, and for INT8 the fused quantize+transpose of g."""
   want = RECIPES[recipe].fwd.lhs
   steps = [("quantize", lambda v, r=runner, q=want: r.quantize(v, q, None))]
-  if recipe.startswith("jetfire") and hasattr(
-    runner, "quantize_with_transpose"
-  ):
+  if recipe.startswith("jetfire"):
     steps.append(
       (
         "quantize+transpose",
@@ -153,30 +151,25 @@ def _quantize_steps(runner, recipe):
   return steps
 
 
-def _quantize_rows(shapes, recipes, impls, *, warmup, iters, copy):
+def _quantize_rows(table, recipes, impls, *, warmup, iters, copy):
   """Each implementation's quantize steps, against the copy.
 
   A row is labelled with the code that ran (``quantizer_for``); steps an
-  implementation delegates to another's quantizer are not timed twice.
+  implementation substitutes with another's quantizer are not timed twice.
   """
   rows = []
-  name, m, k, _ = shapes[0]
+  name, m, k = table[0].name, table[0].m, table[0].k
   x = _inputs(m, k, 8)[0].reshape(1, m, k)
   for impl in impls:
     if impl not in available_implementations():
       continue
-    runner = _dispatch.get(impl)
-    if getattr(runner, "quantizer", impl) != impl:
-      continue  # quantizes with another implementation's code: same row
+    runner = _dispatch.GEMMS.get(impl)
     for recipe in recipes:
       fmt = RECIPES[recipe].fwd.lhs.format
-      quantizer = getattr(runner, "quantizer_for", lambda f, i=impl: i)(fmt)
+      quantizer = runner.quantizer_for(fmt)
       row = {"shape": name, "impl": impl, "recipe": recipe}
       if quantizer != impl:
         rows.append({**row, "status": f"runs the {quantizer} quantizer"})
-        continue
-      if not hasattr(runner, "quantize"):
-        rows.append({**row, "status": "unavailable: no quantize step"})
         continue
       for step, fn in _quantize_steps(runner, recipe):
         rows.append(
@@ -214,9 +207,9 @@ def run(
   modes=MODES,
   sweep_s: float = 0.0,
 ) -> dict:
-  shapes = SMOKE_SHAPES if smoke else SHAPES
-  target = [s for s in shapes if s[0] == TARGET_SHAPE]
-  ordered = target + [s for s in shapes if s[0] != TARGET_SHAPE]
+  table = shapes("smoke" if smoke else "bench")
+  target = [s for s in table if s.name == TARGET_SHAPE]
+  ordered = target + [s for s in table if s.name != TARGET_SHAPE]
   deadline = time.perf_counter() + budget_s
   rows = []
   cases = _cases(ordered, recipes, impls, modes, smoke)
@@ -239,13 +232,13 @@ def run(
   quantize = _quantize_rows(
     ordered, recipes, impls, warmup=warmup, iters=iters, copy=copy
   )
-  _, m, k, n = ordered[0]
+  m, k, n = ordered[0].m, ordered[0].k, ordered[0].n
   clock = time.perf_counter
   tiles = sweep(
     m, k, n, warmup=warmup, iters=iters, deadline=clock() + sweep_s, clock=clock
   )
   targets = _report.target_checks(
-    rows, quantize, ordered[0][0] if smoke else TARGET_SHAPE
+    rows, quantize, ordered[0].name if smoke else TARGET_SHAPE
   )
   if smoke:  # interpreted kernels on a CPU say nothing about the targets
     for t in targets:

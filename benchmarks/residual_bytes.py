@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._results import write_results
-from benchmarks.shapes import SHAPES
+from benchmarks.shapes import shapes
 from lowprec_jax.ops import fp8_block, fp8_current, jetfire_int8
 from lowprec_jax.ops import quantized_dot_general as qdg
 
@@ -40,7 +40,8 @@ def residual_bytes(fn, m, k, n) -> int:
 
 def measure() -> list[dict]:
   rows = []
-  for name, m, k, n in SHAPES:
+  for s in shapes("bench"):
+    name, m, k, n = s.name, s.m, s.k, s.n
     base = residual_bytes(lambda a, b: jax.lax.dot_general(a, b, DIMS), m, k, n)
     row = {"shape": name, "m": m, "k": k, "n": n, "bf16_bytes": base}
     for recipe, cfg in RECIPES.items():

@@ -204,3 +204,45 @@ def check_config(
       f"TuningConfig {c} needs {need} bytes of shared memory per CTA; a "
       f"Hopper CTA has {SMEM_BYTES}. Lower max_concurrent_steps or the tiles"
     )
+
+
+# The tile configs ``benchmarks/_sweep.py`` times on the H200 against each
+# default, per kernel: (promoted, n_sub, alternatives as replace() kwargs).
+# Kernel names: ``int8_block<S>`` (S x S blocks), ``fp8_tensor`` (per-tensor
+# scales) and ``fp8_1x128_128x128`` (1 x 128 groups x 128 x 128 blocks).
+_CANDIDATES = {
+  "int8_block128": (
+    True,
+    1,
+    (dict(wg_dimension="n"), dict(tile_n=192), dict(max_concurrent_steps=3)),
+  ),
+  "int8_block32": (True, 4, (dict(wg_dimension="n"),)),
+  "fp8_tensor": (
+    False,
+    1,
+    (dict(tile_n=128), dict(wg_dimension="n", tile_n=128)),
+  ),
+  "fp8_1x128_128x128": (True, 1, (dict(wg_dimension="n"), dict(tile_n=192))),
+}
+CANDIDATE_KERNELS = tuple(_CANDIDATES)
+
+
+def candidate_configs(kernel: str) -> list[TuningConfig]:
+  """The default config of ``kernel`` (bf16 out) first, then alternatives.
+
+  ``kernel`` is one of ``CANDIDATE_KERNELS``. Alternatives get the deepest
+  pipeline that fits, unless they set ``max_concurrent_steps`` themselves.
+  """
+  if kernel not in _CANDIDATES:
+    raise ValueError(
+      f"kernel must be one of {CANDIDATE_KERNELS}, got {kernel!r}"
+    )
+  promoted, n_sub, changes = _CANDIDATES[kernel]
+  fit = dict(n_sub=n_sub, promoted=promoted, out_itemsize=2)
+  base = default_config(**fit)
+  return [base] + [
+    dataclasses.replace(base, **c)
+    if "max_concurrent_steps" in c
+    else deepest_pipeline(dataclasses.replace(base, **c), **fit)
+    for c in changes
+  ]

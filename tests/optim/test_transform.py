@@ -89,7 +89,7 @@ def test_none_gradient_leaves_are_passed_through():
     (
       dict(mu_format=Fp8Dre(), nu_format=None, implementation="cuda"),
       ValueError,
-      r"implementation must be None, one of \('pallas', 'xla'\)",
+      r"implementation must be None or one of \('pallas', 'xla'\)",
     ),
     (
       dict(mu_format=None, nu_format=None, implementation="pallas"),

@@ -16,6 +16,7 @@ import pytest
 from pallas_kernels._common import cuda_lowering
 from pallas_kernels.mosaic import TuningConfig, default_config
 from pallas_kernels.mosaic import quantize as mosaic_quantize
+from pallas_kernels.mosaic._config import CANDIDATE_KERNELS, candidate_configs
 from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
 from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 
@@ -170,13 +171,12 @@ def test_default_configs_fit_the_hardware():
     assert config.max_concurrent_steps >= 3
 
 
-def test_benchmark_sweep_configs_lower():
-  # The H200 run times these alternatives (bf16 out, as there); a lowering
-  # error there would waste device time, so every one must lower here first.
-  from benchmarks._sweep import VARIANTS, configs_of
-
-  for kernel in VARIANTS:
-    for config in configs_of(kernel):
+def test_candidate_configs_lower():
+  # The H200 run (benchmarks/_sweep.py) times these alternatives (bf16 out,
+  # as there); a lowering error there would waste device time, so every one
+  # must lower here first.
+  for kernel in CANDIDATE_KERNELS:
+    for config in candidate_configs(kernel):
       if kernel.startswith("int8"):
         block = int(kernel.removeprefix("int8_block"))
         fn = lambda *x, b=block, c=config: int8_block_matmul(  # noqa: E731
