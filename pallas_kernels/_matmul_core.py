@@ -9,8 +9,9 @@ For K-major operands ``a`` (B, M, K) and ``b`` (B, N, K), each program owns a
         acc += a_c . b_c,     out = (acc * sa[m]) * sb[n]
 
 with the exact int32 (INT8) or f32 (FP8) chunk dot, f32 accumulation, and
-the same association as ``lowprec_jax.ops._xla_gemm`` so that results agree
-bit for bit wherever that implementation's dot is exact. Loads are masked
+the same association as :func:`pallas_kernels.matmul_reference.scaled_matmul`
+(the ``"xla"`` GEMM and the kernels' twin) so that results agree bit for bit
+wherever that dot is exact. Loads are masked
 (K tail, M and N edges), so padding never enters a sum. The epilogue casts
 to ``out_dtype`` or requantizes the f32 tile to INT8 ``out_block`` squares,
 exactly as the quantize kernels would quantize the (B, M, N) result.
@@ -33,7 +34,6 @@ from pallas_kernels.numerics import (
   finite_absmax,
   tile_scale,
 )
-from pallas_kernels.quantize_reference import quantize_array
 from pallas_kernels.tiles import TileKind
 
 # Scales of these kinds change every ``chunk`` = G columns of K (1 x G groups,
@@ -224,54 +224,3 @@ def run(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan, name: str, interpret):
     name=name,
     args=args,
   )
-
-
-def _reference_scales(s: Array, kind: TileKind, group: int, rows: int) -> Array:
-  """Scales per row: (B or 1, rows or 1, K columns or 1)."""
-  if kind is TileKind.BLOCKS:
-    return jnp.repeat(s, group, axis=1)[:, :rows, :]
-  return s
-
-
-@functools.partial(jax.jit, static_argnames=("plan",))
-def reference(a_q, a_s, b_q, b_s, seed, *, plan: MatmulPlan):
-  """The kernel's math in plain jnp on whole arrays (a K-chunk scan)."""
-  _, m, n, k = plan.bmnk
-  sa = _reference_scales(a_s, plan.a_scales, plan.chunk, m)
-  sb = _reference_scales(b_s, plan.b_scales, plan.chunk, n)
-
-  def scaled_dot(qa, qb, sa_c, sb_c):
-    if plan.upcast is not None:
-      qa, qb = qa.astype(plan.upcast), qb.astype(plan.upcast)
-    p = lax.dot_general(
-      qa,
-      qb,
-      (((2,), (2,)), ((0,), (0,))),
-      preferred_element_type=plan.accumulator,
-    )
-    return p.astype(jnp.float32) * sa_c[:, :, None] * sb_c[:, None, :]
-
-  if not plan.per_chunk:
-    out = scaled_dot(a_q, b_q, sa[:, :, 0], sb[:, :, 0])
-  else:
-    count, chunk = plan.chunks, plan.chunk
-
-    def chunks(q):
-      q = jnp.pad(q, ((0, 0), (0, 0), (0, count * chunk - k)))
-      return jnp.moveaxis(q.reshape(*q.shape[:2], count, chunk), 2, 0)
-
-    def chunk_scales(s):
-      cols = jnp.arange(count) if s.shape[2] > 1 else jnp.zeros(count, int)
-      return jnp.moveaxis(jnp.take(s, cols, axis=2), 2, 0)
-
-    def step(acc, xs):
-      return acc + scaled_dot(*xs), None
-
-    init = jnp.zeros(plan.bmnk[:3], jnp.float32)
-    xs = (chunks(a_q), chunks(b_q), chunk_scales(sa), chunk_scales(sb))
-    out, _ = lax.scan(step, init, xs)
-  if plan.out_block is None:
-    return (out.astype(plan.out_dtype),)
-  ob = plan.out_block
-  seed = seed if plan.stochastic else None
-  return quantize_array(out, seed, grid=NumberGrid.int8(), tile=(ob, ob))

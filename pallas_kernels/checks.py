@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from pallas_kernels import tiles
+
 FLOAT_DTYPES = tuple(
   np.dtype(d) for d in (jnp.float32, jnp.bfloat16, np.float16)
 )
@@ -70,6 +72,16 @@ def check_scales(name: str, s, want: tuple[int, ...], what: str) -> None:
       f"{name} has {describe(s)}; for {what} expected float32 of shape "
       f"{tuple(want)}"
     )
+
+
+def check_operand_scales(a_q, a_s, a_tile, b_q, b_s, b_tile) -> None:
+  """Raises ValueError unless ``a_s`` and ``b_s`` are float32 scale grids of
+  codes ``a_q`` and ``b_q`` over their tiles (``tiles.scale_shape``)."""
+  for name, q, s, tile in (
+    ("a_s", a_q, a_s, a_tile),
+    ("b_s", b_q, b_s, b_tile),
+  ):
+    check_scales(name, s, tiles.scale_shape(q.shape, tile), f"tile {tile!r}")
 
 
 def check_out_dtype(out_dtype, name: str = "out_dtype") -> np.dtype:

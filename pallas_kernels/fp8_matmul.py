@@ -33,6 +33,7 @@ from pallas_kernels import _matmul_core as core
 from pallas_kernels import checks as C
 from pallas_kernels import tiles
 from pallas_kernels._common import resolve_interpret
+from pallas_kernels.matmul_reference import scaled_matmul
 
 GROUPS = tiles.BLOCK_SIZES
 K = tiles.TileKind
@@ -93,11 +94,7 @@ def _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, config):
   reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
   if reason:
     raise NotImplementedError(reason)
-  for name, s, q, tile in (
-    ("a_s", a_s, a_q, a_tile),
-    ("b_s", b_s, b_q, b_tile),
-  ):
-    C.check_scales(name, s, tiles.scale_shape(q.shape, tile), f"tile {tile!r}")
+  C.check_operand_scales(a_q, a_s, a_tile, b_q, b_s, b_tile)
   out_dtype = C.check_out_dtype(out_dtype)
   ka, kb = tiles.kind_of(a_tile), tiles.kind_of(b_tile)
   chunk = tiles.size_of(a_tile) or config.block_k
@@ -151,5 +148,13 @@ def fp8_matmul_reference(
 ) -> Array:
   """Twin of :func:`fp8_matmul` in plain jnp."""
   plan = _plan(a_q, a_s, b_q, b_s, a_tile, b_tile, out_dtype, DEFAULT_CONFIG)
-  (out,) = core.reference(a_q, a_s, b_q, b_s, None, plan=plan)
-  return out
+  return scaled_matmul(
+    a_q,
+    a_s,
+    b_q,
+    b_s,
+    a_tile=a_tile,
+    b_tile=b_tile,
+    out_dtype=plan.out_dtype,
+    upcast=plan.upcast,
+  )

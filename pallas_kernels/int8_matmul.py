@@ -30,7 +30,10 @@ from jax import Array
 from pallas_kernels import _matmul_core as core
 from pallas_kernels import checks as C
 from pallas_kernels import tiles
-from pallas_kernels._common import cdiv, resolve_interpret
+from pallas_kernels._common import resolve_interpret
+from pallas_kernels.matmul_reference import scaled_matmul
+from pallas_kernels.numerics import NumberGrid
+from pallas_kernels.quantize_reference import quantize_array
 from pallas_kernels.tiles import TileKind
 
 JETFIRE_OUT_BLOCK = 32
@@ -56,9 +59,7 @@ def _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype) -> None:
     raise ValueError(
       f"out_block must be None or one of {tiles.BLOCK_SIZES}, got {out_block!r}"
     )
-  for name, s, rows in (("a_s", a_s, m), ("b_s", b_s, n)):
-    want = (b, cdiv(rows, block), cdiv(k, block))
-    C.check_scales(name, s, want, f"{block} x {block} blocks")
+  C.check_operand_scales(a_q, a_s, (block, block), b_q, b_s, (block, block))
   if out_block is None:
     C.check_out_dtype(out_dtype)
 
@@ -134,11 +135,20 @@ def int8_block_matmul_reference(
   """Twin of :func:`int8_block_matmul` in plain jnp (a scan over K blocks)."""
   _check(a_q, a_s, b_q, b_s, block, out_block, out_dtype)
   seed = C.seed_array(seed, out_rounding) if out_block else None
-  plan = _plan(
-    a_q, b_q, block, out_dtype, out_block, seed is not None, DEFAULT_CONFIG
+  tile = (block, block)
+  out = scaled_matmul(
+    a_q,
+    a_s,
+    b_q,
+    b_s,
+    a_tile=tile,
+    b_tile=tile,
+    out_dtype=np.dtype(jnp.float32 if out_block else out_dtype),
   )
-  outs = core.reference(a_q, a_s, b_q, b_s, seed, plan=plan)
-  return outs[0] if out_block is None else outs
+  if out_block is None:
+    return out
+  grid, out_tile = NumberGrid.int8(), (out_block, out_block)
+  return quantize_array(out, seed, grid=grid, tile=out_tile)
 
 
 def jetfire_forward(a_q, a_s, b_q, b_s, *, block: int, interpret=None):

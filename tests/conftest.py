@@ -1,4 +1,4 @@
-"""Test configuration: two CPU devices for sharding tests, strict ranks."""
+"""Test configuration: two CPU devices for sharding tests, strict promotion."""
 
 import jax
 
@@ -6,3 +6,6 @@ import jax
 jax.config.update("jax_num_cpu_devices", 2)
 # Catch silent broadcasting of mismatched ranks in our code.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Catch silent dtype promotion (an upcast to f32 or a downcast to bf16 is a
+# precision bug in a low-precision library): mixing dtypes must be explicit.
+jax.config.update("jax_numpy_dtype_promotion", "strict")

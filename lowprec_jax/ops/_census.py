@@ -50,10 +50,10 @@ class GemmTag:
   rhs_format: str
   lhs_quantizer: str
   rhs_quantizer: str
-  bmnk: str
+  shape: str  # "BxMxNxK"
 
   def __str__(self) -> str:
-    fields = dataclasses.fields(self)
+    fields = dataclasses.fields(GemmTag)
     return (
       "lowprec["
       + ";".join(f"{f.name}={getattr(self, f.name)}" for f in fields)
@@ -81,22 +81,20 @@ def layer_path(name_stack: str) -> str:
   return "/".join(parts)
 
 
-@dataclasses.dataclass(frozen=True)
-class GemmRecord:
-  """One kind of GEMM at one module path, and how many times it runs."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GemmRecord(GemmTag):
+  """One kind of GEMM at one module path, and how many times it runs: its
+  tag (an unquantized dot's has role "unquantized" and shape "(lhs) x
+  (rhs)"), the dtypes read off its dot, the layer path and the count."""
 
-  role: str
-  implementation: str
-  lhs_format: str
-  rhs_format: str
-  lhs_quantizer: str
-  rhs_quantizer: str
   lhs_dtype: str
   rhs_dtype: str
   accumulator: str
-  shape: str
   path: str
   count: int
+
+  def __str__(self) -> str:
+    return repr(self)
 
   @property
   def quantized(self) -> bool:
@@ -229,16 +227,13 @@ def _walk(jaxpr, context, multiplier, counts):
         # A part of the call that partial evaluation split off (e.g. scale
         # indices hoisted out of a scan): the GEMM itself is elsewhere.
         continue
-      fields = dataclasses.astuple(GemmTag.parse(stack))
-      key = (*fields[:6], *dtypes, fields[6], layer_path(stack))
-      counts[key] += multiplier
+      counts[(GemmTag.parse(stack), dtypes, layer_path(stack))] += multiplier
       continue
     dtypes = _dot_dtypes(eqn)
     if dtypes and eqn.primitive.name == "dot_general":
       lhs, rhs = (v.aval for v in eqn.invars)
-      shape = f"{lhs.shape} x {rhs.shape}"
-      plain = ("unquantized", "none", "none", "none", "none", "none")
-      counts[(*plain, *dtypes, shape, layer_path(stack))] += multiplier
+      tag = GemmTag("unquantized", *("none",) * 5, f"{lhs.shape} x {rhs.shape}")
+      counts[(tag, dtypes, layer_path(stack))] += multiplier
     inner = multiplier
     if eqn.primitive.name == "scan":
       inner = multiplier * eqn.params["length"]
@@ -255,11 +250,17 @@ def census(fn, *args, **kwargs) -> Census:
   closed = jax.make_jaxpr(fn)(*args, **kwargs)
   counts = collections.Counter()
   _walk(closed.jaxpr, "", 1, counts)
-  order = {"fwd": 0, "dlhs": 1, "drhs": 2, "unquantized": 3}
-  records = tuple(
-    GemmRecord(*key, count=count)
-    for key, count in sorted(
-      counts.items(), key=lambda kv: (order.get(kv[0][0], 4), kv[0])
+  records = [
+    GemmRecord(
+      **dataclasses.asdict(tag),
+      lhs_dtype=dtypes[0],
+      rhs_dtype=dtypes[1],
+      accumulator=dtypes[2],
+      path=path,
+      count=count,
     )
-  )
-  return Census(records)
+    for (tag, dtypes, path), count in counts.items()
+  ]
+  order = {"fwd": 0, "dlhs": 1, "drhs": 2, "unquantized": 3}
+  records.sort(key=lambda r: (order.get(r.role, 4), *r.kind, r.shape, r.path))
+  return Census(tuple(records))

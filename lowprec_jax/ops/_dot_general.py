@@ -155,7 +155,7 @@ def _gemm(a, b, out_dtype, plan: _Plan, role: str, spec: GemmQuant, notes):
     rhs_format=(spec.rhs.name if quantized else "none") + note,
     lhs_quantizer=lhs_quantizer,
     rhs_quantizer=rhs_quantizer,
-    bmnk=f"{bsz}x{m}x{b.shape[1]}x{k}",
+    shape=f"{bsz}x{m}x{b.shape[1]}x{k}",
   )
   with jax.named_scope(str(tag)):
     return lowprec_gemm(

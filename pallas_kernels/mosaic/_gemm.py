@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._common import cdiv
+from pallas_kernels.matmul_reference import promotion_chunk
 from pallas_kernels.mosaic import _hw, _operands
 from pallas_kernels.mosaic import quantize as Q
 from pallas_kernels.mosaic._config import (
@@ -90,7 +91,7 @@ def scaled_matmul(
   """
   batch, m, k = a_q.shape
   n = b_q.shape[1]
-  chunk = _operands.promotion_chunk(a_tile, b_tile, k)
+  chunk = promotion_chunk(a_tile, b_tile, k)
   config = config or default_config(
     promoted=chunk is not None,
     n_sub=_operands.sub_chunks(chunk),

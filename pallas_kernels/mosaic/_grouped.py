@@ -237,14 +237,9 @@ def _launch(plan: GroupPlan, args, interpret, name):
   scratch.append(plgpu.Barrier(num_arrivals=1))
   if plan.mode == "apply":
     scratch.append(plgpu.Barrier(num_arrivals=1))
-  return _hw.band_kernel(
-    functools.partial(_kernel, plan=plan),
-    out_type=tuple(outs),
-    scratch_types=tuple(scratch),
-    grid=plan.launch,
-    interpret=interpret,
-    name=name,
-  )(*args)
+  return _hw.launch_band(
+    _kernel, plan, outs, scratch, args, interpret=interpret, name=name
+  )
 
 
 def _band_cols(group: int, rows: int, axis: int) -> int:

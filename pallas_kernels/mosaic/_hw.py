@@ -13,6 +13,8 @@ What remains is launch plumbing:
   ``InterpretGPUParams`` (e.g. with ``detect_races=True``).
 """
 
+import functools
+
 import jax
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
@@ -51,6 +53,19 @@ def lane_params() -> plgpu.CompilerParams:
   """Lane semantics: the layouts the kernel names are the layouts used
   (the elementwise quantize kernels pick strided layouts themselves)."""
   return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
+
+
+def launch_band(body, plan, outs, scratch, args, *, interpret, name):
+  """Runs ``body(*refs, plan=plan)`` over ``plan.launch`` (see
+  :func:`band_kernel`) on ``args``; ``outs`` and ``scratch`` are lists."""
+  return band_kernel(
+    functools.partial(body, plan=plan),
+    out_type=tuple(outs),
+    scratch_types=tuple(scratch),
+    grid=plan.launch,
+    interpret=interpret,
+    name=name,
+  )(*args)
 
 
 def band_kernel(body, *, out_type, scratch_types, grid, interpret, name):

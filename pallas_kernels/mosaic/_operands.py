@@ -21,8 +21,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._common import cdiv
+from pallas_kernels.matmul_reference import chunk_scales
 from pallas_kernels.mosaic._config import SWIZZLES
-from pallas_kernels.tiles import Tile, contraction_tile
+from pallas_kernels.tiles import Tile
 
 ROW_ALIGN = 8  # TMA tile rows
 K_ALIGN = 32  # the smallest 8-bit swizzle (bytes = elements)
@@ -30,17 +31,6 @@ K_ALIGN = 32  # the smallest 8-bit swizzle (bytes = elements)
 
 def round_up(x: int, multiple: int) -> int:
   return cdiv(x, multiple) * multiple
-
-
-def promotion_chunk(a_tile: Tile, b_tile: Tile, k: int) -> int | None:
-  """K elements per promoted partial sum: the finer contraction tile.
-
-  None when both operands' scales span all of K (per-tensor, per-row), or
-  when the finer tile covers all of K anyway (one chunk, as in ``"xla"``).
-  """
-  tiles = [t for t in map(contraction_tile, (a_tile, b_tile)) if t]
-  tiles = [t for t in tiles if t < k]
-  return min(tiles) if tiles else None
 
 
 def sub_chunks(chunk: int | None, tile_k: int = 128) -> int:
@@ -84,20 +74,11 @@ def scale_rows(
     chunk: the promotion chunk (None: one chunk over all of K).
     padded_rows: rows after padding to whole CTA tiles.
   """
-  scale = scale.astype(jnp.float32)
-  if tile is not None and tile[0] not in (None, 1):
-    scale = jnp.repeat(scale, tile[0], axis=1)[:, :rows, :]
   n_chunks = 1 if chunk is None else cdiv(k, chunk)
-  t = contraction_tile(tile)
-  if t is None or scale.shape[2] == 1:
-    cols = jnp.zeros((n_chunks,), jnp.int32)
-  else:
-    cols = (jnp.arange(n_chunks, dtype=jnp.int32) * chunk) // t
-  picked = jnp.take(scale, cols, axis=2)  # (B or 1, rows or 1, C)
-  picked = jnp.broadcast_to(picked, (batch, rows, n_chunks))
-  rows_last = jnp.swapaxes(picked, 1, 2)
+  picked = chunk_scales(scale, tile, rows, chunk, n_chunks)  # (C, B|1, rows)
+  picked = jnp.broadcast_to(picked, (n_chunks, batch, rows))
   return lax.pad(
-    rows_last,
+    jnp.swapaxes(picked, 0, 1),
     jnp.float32(0),
     ((0, 0, 0), (0, 0, 0), (0, padded_rows - rows, 0)),
   )

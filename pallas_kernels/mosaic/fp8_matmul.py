@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import checks as C
-from pallas_kernels import tiles
 from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
 
@@ -64,11 +63,7 @@ def check_fp8_operands(a_q, a_s, b_q, b_s, a_tile, b_tile) -> None:
   reason = unsupported_reason(a_tile, b_tile, a_q.dtype, b_q.dtype)
   if reason:
     raise NotImplementedError(reason)
-  for name, q, s, tile in (
-    ("a_s", a_q, a_s, a_tile),
-    ("b_s", b_q, b_s, b_tile),
-  ):
-    C.check_scales(name, s, tiles.scale_shape(q.shape, tile), f"tile {tile}")
+  C.check_operand_scales(a_q, a_s, a_tile, b_q, b_s, b_tile)
 
 
 @functools.partial(

@@ -33,7 +33,6 @@ import numpy as np
 
 from pallas_kernels import checks as C
 from pallas_kernels import tiles
-from pallas_kernels._common import cdiv
 from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
 from pallas_kernels.mosaic.quantize import BandPlan
@@ -45,10 +44,8 @@ OUT_BLOCKS = tiles.BLOCK_SIZES[:2]  # must divide the 64 x 128 warpgroup tile
 def check_int8_operands(a_q, a_s, b_q, b_s, block) -> None:
   """Raises ValueError naming the first argument that breaks the contract."""
   tiles.check_block(block)
-  batch, _, _, k = C.check_operands(a_q, b_q, (np.dtype(np.int8),))
-  for name, q, s in (("a_s", a_q, a_s), ("b_s", b_q, b_s)):
-    want = (batch, cdiv(q.shape[1], block), cdiv(k, block))
-    C.check_scales(name, s, want, f"{block}x{block} blocks")
+  C.check_operands(a_q, b_q, (np.dtype(np.int8),))
+  C.check_operand_scales(a_q, a_s, (block, block), b_q, b_s, (block, block))
 
 
 @functools.partial(

@@ -216,14 +216,9 @@ def _launch(plan: BandPlan, args, interpret, name):
       outs.append(jax.ShapeDtypeStruct((b, k, m), code))
       scratch.append(plgpu.SMEM((cols, s), code))
   scratch.append(plgpu.Barrier(num_arrivals=1))
-  return _hw.band_kernel(
-    functools.partial(_kernel, plan=plan),
-    out_type=tuple(outs),
-    scratch_types=tuple(scratch),
-    grid=plan.launch,
-    interpret=interpret,
-    name=name,
-  )(*args)
+  return _hw.launch_band(
+    _kernel, plan, outs, scratch, args, interpret=interpret, name=name
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))

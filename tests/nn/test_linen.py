@@ -29,3 +29,23 @@ def test_dense_forward_equals_the_op_and_grads_flow():
   grads = jax.grad(loss)(variables["params"])
   assert grads["kernel"].shape == kernel.shape
   assert census(jax.grad(loss), variables["params"]).total(quantized=True) == 3
+
+
+def test_census_rows_name_linen_module_paths():
+  class Mlp(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      cls = linen_dot_general_cls("fp8_current")
+      h = nn.Dense(32, dot_general_cls=cls, name="up")(x)
+      return nn.Dense(4, name="head")(jax.nn.relu(h))
+
+  model, x = Mlp(), normal((8, 16))
+  params = model.init(jax.random.key(0), x)["params"]
+
+  def loss(p):
+    return jnp.sum(model.apply({"params": p}, x))
+
+  rep = census(jax.grad(loss), params)
+  assert rep == census(jax.grad(loss), params)
+  paths = {(r.path, r.quantized) for r in rep.records}
+  assert paths == {("Mlp/up", True), ("Mlp/head", False)}

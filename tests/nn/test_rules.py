@@ -109,3 +109,35 @@ def test_rewritten_model_trains_under_nnx_jit():
 
   losses = [float(step(model, opt)) for _ in range(30)]
   assert losses[-1] < 0.5 * losses[0]
+
+
+def test_census_rows_name_layer_paths_identically_across_traces():
+  """Every row names its layer, quantized or left in high precision, and
+  two traces of one function give the same census (no per-trace ids)."""
+  model = Tower(nnx.Rngs(0))
+  quantize_model(
+    model,
+    [
+      QuantRule(path="head", config=None),
+      QuantRule(path="layers/.*", config="fp8_current"),
+    ],
+    rngs=nnx.Rngs(quant=1),
+  )
+  x = normal((8, 16))
+
+  def step(m, x):
+    return nnx.grad(lambda m: m(x).sum())(m)
+
+  first, second = census(step, model, x), census(step, model, x)
+  assert first == second
+  by_path = {}
+  for r in first.records:
+    by_path.setdefault(r.path, set()).add((r.role, r.quantized))
+  assert set(by_path) == {"embed", "layers/0", "layers/1", "layers/2",
+                          "general", "head"}  # fmt: skip
+  for path in ("layers/0", "layers/1", "layers/2"):
+    roles = {(role, True) for role in ("fwd", "dlhs", "drhs")}
+    assert by_path[path] == roles, path
+  for path in ("embed", "general", "head"):  # no rule, or config=None
+    assert by_path[path] == {("unquantized", False)}, path
+  assert "layers/1" in str(first) and "head" in str(first)

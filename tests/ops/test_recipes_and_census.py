@@ -7,6 +7,9 @@ import pytest
 from lowprec_jax.formats import Fp8, Int8Block
 from lowprec_jax.ops import (
   RECIPES,
+  DotQuantConfig,
+  GemmQuant,
+  OperandQuant,
   census,
   get_recipe,
   jetfire_int8,
@@ -105,3 +108,56 @@ def test_census_multiplies_scanned_layers(length):
   x, ws = normal((64, 96)), normal((length, 96, 96), seed=1)
   rep = census(jax.grad(layers), x, ws)
   assert [rep.total(role=r) for r in ("fwd", "dlhs", "drhs")] == [length] * 3
+
+
+def test_mosaic_census_records_a_quantize_step_without_a_mosaic_kernel():
+  """fp8_block's drhs requantizes the saved 1 x 128 x (a (128, 1) tile once
+  transposed): the Mosaic dequantize kernel has no (128, 1) tile, so the
+  jnp reference dequantizes it (the same bits) and the census says so."""
+  x, w = normal((64, 256)), normal((256, 128), seed=1)
+
+  def loss(x, w):
+    dims = (((1,), (0,)), ((), ()))
+    y = quantized_dot_general(
+      x, w, dims, config="fp8_block", implementation="mosaic"
+    )
+    return jnp.sum(y)
+
+  rep = census(jax.jit(jax.grad(loss, argnums=(0, 1))), x, w)
+  quantizers = {r.role: (r.lhs_quantizer, r.rhs_quantizer) for r in rep.records}
+  assert quantizers == {
+    "fwd": ("mosaic", "mosaic"),
+    "dlhs": ("mosaic", "residual"),
+    "drhs": ("mosaic", "xla->mosaic"),
+  }
+  assert [r.role for r in rep.records if r.substituted] == ["drhs"]
+  assert "[quantized by mosaic x xla->mosaic]" in rep.summary()
+  assert {r.implementation for r in rep.records} == {"mosaic"}
+
+
+def test_implementation_sequences_are_tried_in_the_given_order():
+  mixed = DotQuantConfig(
+    name="mixed_blocks",
+    fwd=GemmQuant(
+      lhs=OperandQuant(format=Int8Block(32)),
+      rhs=OperandQuant(format=Int8Block(64)),
+    ),
+  )
+  x, w = normal((8, 64)), normal((64, 32), seed=1)
+  dims = (((1,), (0,)), ((), ()))
+  rep = census(
+    lambda x, w: quantized_dot_general(
+      x, w, dims, config=mixed, implementation=("mosaic", "pallas", "xla")
+    ),
+    x,
+    w,
+  )
+  assert [r.implementation for r in rep.records] == ["xla"]
+  with pytest.raises(
+    NotImplementedError,
+    match=r"none of implementation=\('mosaic', 'pallas'\) can run config "
+    r"'mixed_blocks': mosaic: fwd .* one block size .* \| pallas: fwd",
+  ):
+    quantized_dot_general(
+      x, w, dims, config=mixed, implementation=["mosaic", "pallas"]
+    )
