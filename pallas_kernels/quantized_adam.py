@@ -62,7 +62,10 @@ def adam_hyperparams(b1, b2, eps, eps_root, count) -> Array:
 
 @functools.partial(jax.jit, inline=True)
 def _bias_correction_denominator(decay, count):
-  return 1 - decay**count  # as optax.tree.bias_correction computes it
+  # As optax.tree.bias_correction computes it (the same bits: XLA raises an
+  # f32 base to the count converted to f32), with the conversion explicit.
+  decay = jnp.asarray(decay, jnp.float32)
+  return 1 - decay ** jnp.asarray(count).astype(jnp.float32)
 
 
 def step(g, mu, nu, hyper, *, codecs, lookups, nesterov, separate_products):
@@ -79,8 +82,10 @@ def step(g, mu, nu, hyper, *, codecs, lookups, nesterov, separate_products):
   kernels contract freely.)
   """
   (mu_codec, nu_codec), (mu_lookup, nu_lookup) = codecs, lookups
-  m0 = mu_codec.decode(*mu, mu_lookup)
-  v0 = nu_codec.decode(*nu, nu_lookup)
+  f32 = lambda parts: tuple(p.astype(jnp.float32) for p in parts)  # noqa: E731
+  g = f32(g)
+  m0 = f32(mu_codec.decode(*mu, mu_lookup))
+  v0 = f32(nu_codec.decode(*nu, nu_lookup))
 
   def blend(a, x, b, y):  # a*x + b*y, elementwise over parts
     ax, by = [a * xi for xi in x], [b * yi for yi in y]

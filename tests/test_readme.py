@@ -5,9 +5,12 @@ import io
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.standard_promotion
 def test_readme_python_blocks_run_and_census_comment_is_true():
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
   assert len(blocks) >= 4

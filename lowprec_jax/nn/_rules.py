@@ -5,6 +5,7 @@ import re
 from collections.abc import Sequence
 
 from flax import nnx
+from jax import lax
 
 from lowprec_jax._implementations import ImplementationLike
 from lowprec_jax.nn._dot_general import QuantDotGeneral, ScopedDotGeneral
@@ -120,7 +121,7 @@ def _scoped(dot_general, path: str):
     return dot_general
   if isinstance(dot_general, ScopedDotGeneral):
     dot_general = dot_general.dot_general
-  return ScopedDotGeneral(dot_general, path)
+  return ScopedDotGeneral(dot_general or lax.dot_general, path)
 
 
 def quantized_layers(model: nnx.Module) -> dict[str, str]:

@@ -235,7 +235,9 @@ _qdot.defvjp(_qdot_fwd, _qdot_bwd)
 
 def _out_dtype(lhs, rhs, preferred_element_type) -> np.dtype:
   if preferred_element_type is None:
-    return np.dtype(jnp.result_type(lhs.dtype, rhs.dtype))
+    # lax.dot_general's result dtype, whatever jax_numpy_dtype_promotion is.
+    with jax.numpy_dtype_promotion("standard"):
+      return np.dtype(jnp.result_type(lhs.dtype, rhs.dtype))
   return check_out_dtype(preferred_element_type, "preferred_element_type")
 
 

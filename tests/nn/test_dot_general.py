@@ -45,6 +45,7 @@ def test_injected_dot_general_equals_the_op_with_the_drawn_seeds():
     assert int(layer.dot_general.state[...][1]) == call + 1
 
 
+@pytest.mark.standard_promotion
 def test_quant_state_is_not_a_param_and_survives_the_optimizer():
   layer = QuantLinear(32, 16, config="jetfire_int8", rngs=nnx.Rngs(0))
   assert isinstance(layer.dot_general.state, QuantState)

@@ -86,6 +86,7 @@ def test_rule_validation():
     )
 
 
+@pytest.mark.standard_promotion
 def test_rewritten_model_trains_under_nnx_jit():
   import optax
 

@@ -105,6 +105,7 @@ def log_compilations():
     ]
 
 
+@pytest.mark.standard_promotion
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_init_update_extra_args_and_no_recompilation(name):
   """jit(init), jit(update) with extra keyword arguments (which optax's
@@ -170,6 +171,7 @@ def _rosenbrock(params):
   return jnp.sum((1 - x) ** 2 + 100 * (y - x * x) ** 2)
 
 
+@pytest.mark.standard_promotion
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("problem", ["parabola", "rosenbrock"])
 def test_scan_convergence_with_injected_schedule(name, problem):

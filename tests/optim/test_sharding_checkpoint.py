@@ -73,6 +73,7 @@ def _moments(state):
   ]
 
 
+@pytest.mark.standard_promotion
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_states_shard_like_their_parameters(name):
   """jit(init) with the derived shardings, then jit(update): every code and
@@ -127,6 +128,7 @@ def test_groups_never_straddle_shards(shape, spec, match):
       tx.init(sharded)
 
 
+@pytest.mark.standard_promotion
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_checkpoint_continues_bit_exactly_under_any_sharding(name, tmp_path):
   """3 steps, save (sharded); restored with the same shardings, 2 more
@@ -181,6 +183,7 @@ def test_checkpoint_continues_bit_exactly_under_any_sharding(name, tmp_path):
     assert np.array_equal(a, b)
 
 
+@pytest.mark.standard_promotion
 def test_nnx_optimizer_updates_quantized_states():
   """nnx.Optimizer wraps each code/stat array of a quantized moment (the
   moment replaces the parameter's Variable), so updates keep the moments

@@ -25,6 +25,7 @@ def _tree(name, t=0):
   }
 
 
+@pytest.mark.standard_promotion
 @pytest.mark.parametrize(
   "kwargs",
   [{}, {"nesterov": True, "eps_root": 1e-12, "b2": 0.95}],
@@ -42,6 +43,7 @@ def test_unquantized_formats_are_optax_scale_by_adam_bitwise(kwargs):
       assert np.array_equal(a, b)
 
 
+@pytest.mark.standard_promotion
 def test_quantized_update_tracks_optax_within_the_format_error():
   """3 steps of E4M3+DRE moments against fp32 Adam. One requantization
   changes an element by at most 0.22/k relative (the group's smallest

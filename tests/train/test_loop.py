@@ -14,6 +14,9 @@ from train.cli import main
 from train.loop import TrainConfig, read_metrics, run
 from train.model import GPTConfig
 
+# Every run trains with optax (adamw, or the full-precision part of ours).
+pytestmark = pytest.mark.standard_promotion
+
 TINY = GPTConfig(seq_len=32, d_model=32, n_layers=1, n_heads=2)
 
 
