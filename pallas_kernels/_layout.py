@@ -25,7 +25,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels._common import cdiv
 from pallas_kernels.numerics import NumberGrid, random_bits, uniform_from_bits
-from pallas_kernels.tiles import Tile, TileKind, kind_of, size_of
+from pallas_kernels.tiles import Tile, TileKind, kind_of, scale_shape, size_of
 
 
 def call(kernel, *, grid, in_specs, outs, tuning, interpret, name, args):
@@ -88,11 +88,8 @@ class TileLayout:
 
   @property
   def scale_shape(self) -> tuple[int, int, int]:
-    b, r, c = self.shape
-    if self.kind is TileKind.TENSOR:
-      return (1, 1, 1)
-    tr, tc = self.scale_tile
-    return b, cdiv(r, tr), cdiv(c, tc)
+    tile = None if self.kind is TileKind.TENSOR else self.scale_tile
+    return scale_shape(self.shape, tile)
 
   @property
   def reduce_axes(self) -> tuple[int, ...]:
@@ -132,6 +129,16 @@ _FUSED = {
 }
 
 
+def unsupported_tile_reason(tile) -> str | None:
+  """Why no quantize kernel here serves scale ``tile`` (None: one does)."""
+  if kind_of(tile) is TileKind.COLUMNS:
+    return (
+      f"tile {tile!r} has no quantize kernel; supported: None (per-tensor), "
+      "(1, None) (per-row), (1, G), (G, 1) and (S, S) with G, S powers of two"
+    )
+  return None
+
+
 def tile_layout(shape, tile: Tile, rows: int, cols: int) -> TileLayout:
   """The layout for scale ``tile``; ``rows``/``cols`` size the programs
   where the tile does not (per-tensor, per-row, and along groups).
@@ -143,10 +150,7 @@ def tile_layout(shape, tile: Tile, rows: int, cols: int) -> TileLayout:
   shape = tuple(shape)
   kind = kind_of(tile)
   if kind is TileKind.COLUMNS:
-    raise NotImplementedError(
-      f"tile {tile!r} has no quantize kernel; supported: None (per-tensor), "
-      "(1, None) (per-row), (1, G), (G, 1) and (S, S) with G, S powers of two"
-    )
+    raise NotImplementedError(unsupported_tile_reason(tile))
   size = size_of(tile)
   if kind in (TileKind.TENSOR, TileKind.ROWS):
     return TileLayout(kind, shape, rows, cols)

@@ -234,17 +234,9 @@ def _int8_layout(x, block) -> L.TileLayout:
   return L.tile_layout(x.shape, (block, block), block, block)
 
 
-def unsupported_tile_reason(tile) -> str | None:
-  """Why no quantize kernel here serves scale ``tile`` (None: one does)."""
-  if tiles.kind_of(tile) is tiles.TileKind.COLUMNS:
-    return (
-      f"the portable quantize kernels serve tile None (per-tensor), "
-      f"(1, None), (1, G), (G, 1) and (S, S); got tile {tile!r}"
-    )
-  return None
-
-
-unsupported_dequantize_reason = unsupported_tile_reason
+# Quantize and dequantize kernels serve the same tiles.
+unsupported_tile_reason = L.unsupported_tile_reason
+unsupported_dequantize_reason = L.unsupported_tile_reason
 
 
 def quantize_int8_block(

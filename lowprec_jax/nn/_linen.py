@@ -19,8 +19,13 @@ class LinenQuantDotGeneral(nn.Module):
   ``model.apply(variables, x, rngs={"quant": key})``.
   """
 
-  config: DotQuantConfig
+  config: DotQuantConfig | str
   implementation: ImplementationLike | None = None
+
+  def __post_init__(self):
+    # A recipe name is resolved once, here, not on every call.
+    object.__setattr__(self, "config", get_recipe(self.config))
+    super().__post_init__()
 
   @nn.compact
   def __call__(

@@ -52,11 +52,6 @@ class OperandQuant:
     return self.format.name + suffix
 
 
-def contraction_tile(fmt: QuantFormat) -> int | None:
-  """Elements of K sharing a scale in a canonical operand (None: all of K)."""
-  return tiles.contraction_tile(fmt.tile)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class GemmQuant:
   """Operand specs of one GEMM; both quantized (same family) or neither."""
@@ -86,15 +81,16 @@ class GemmQuant:
           "scales; GEMM operands take float32 scales (compact scales are "
           "for activations saved for the backward pass)"
         )
-      if contraction_tile(fmt) == 1:
+      if tiles.contraction_tile(fmt.tile) == 1:
         raise ValueError(
           f"GemmQuant.{side} format {fmt.name} has one scale per "
           "contraction element; use a tile that spans K or groups of it"
         )
-    tiles = [t for t in (contraction_tile(lf), contraction_tile(rf)) if t]
-    if len(tiles) == 2 and max(tiles) % min(tiles):
+    ks = [tiles.contraction_tile(f.tile) for f in (lf, rf)]
+    ks = [k for k in ks if k]
+    if len(ks) == 2 and max(ks) % min(ks):
       raise ValueError(
-        f"GemmQuant contraction tiles {tiles} of {lf.name} x {rf.name} must "
+        f"GemmQuant contraction tiles {ks} of {lf.name} x {rf.name} must "
         "divide one another"
       )
 

@@ -301,7 +301,7 @@ def unsupported_dequantize_reason(tile) -> str | None:
     return None
   return (
     f"the Mosaic GPU dequantize kernel serves tile None (per-tensor) and "
-    f"(S, S) with S in (32, 64, 128); got tile {tile!r}"
+    f"(S, S) with S in {tiles.BLOCK_SIZES}; got tile {tile!r}"
   )
 
 
@@ -312,10 +312,10 @@ def unsupported_tile_reason(tile) -> str | None:
   if _grouped.unsupported_reason(tile) is None:
     return None
   return (
-    f"the Mosaic GPU quantize kernels serve tile None (per-tensor), (S, S) "
-    f"with S in (32, 64, 128), (1, None) (per-row), (1, G) with G in "
-    f"{_grouped.GROUPS} and (G, 1) with G in {_grouped.COLUMN_GROUPS}; "
-    f"got tile {tile!r}"
+    f"tile {tile!r} has no quantize kernel in Mosaic GPU; supported: None "
+    f"(per-tensor), (S, S) with S in {tiles.BLOCK_SIZES}, (1, None) "
+    f"(per-row), (1, G) with G in {_grouped.GROUPS} and (G, 1) with G in "
+    f"{_grouped.COLUMN_GROUPS}"
   )
 
 
