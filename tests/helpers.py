@@ -5,6 +5,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 F32_EPS = 2.0**-24  # unit roundoff of float32 (round to nearest)
 
@@ -17,6 +18,11 @@ def rng(*names) -> np.random.Generator:
 def normal(shape, dtype=jnp.float32, *, seed=0, scale=1.0):
   x = rng("normal", shape, seed).standard_normal(shape) * scale
   return jnp.asarray(x, jnp.float32).astype(dtype)
+
+
+def raises(match: str, error: type = ValueError):
+  """``pytest.raises(error, match=match)``."""
+  return pytest.raises(error, match=match)
 
 
 def rel_err(a, b) -> float:

@@ -59,9 +59,7 @@ class ImplementationTestBase:
       ids = list(values)
       values = ids if keys else list(values.values())
     if not values:
-      n = len(argnames.split(","))
-      skip = pytest.mark.skip(
-        reason=f"{metafunc.cls.__name__}.{attr} is empty: no such cases"
-      )
+      why = f"{metafunc.cls.__name__}.{attr} is empty: no such cases"
+      n, skip = len(argnames.split(",")), pytest.mark.skip(reason=why)
       values, ids = [pytest.param(*(None,) * n, marks=skip)], ["none"]
     metafunc.parametrize(argnames, values, ids=ids)

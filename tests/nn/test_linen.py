@@ -42,9 +42,7 @@ def test_census_rows_name_linen_module_paths():
   model, x = Mlp(), normal((8, 16))
   params = model.init(jax.random.key(0), x)["params"]
 
-  def loss(p):
-    return jnp.sum(model.apply({"params": p}, x))
-
+  loss = lambda p: jnp.sum(model.apply({"params": p}, x))
   rep = census(jax.grad(loss), params)
   assert rep == census(jax.grad(loss), params)
   paths = {(r.path, r.quantized) for r in rep.records}

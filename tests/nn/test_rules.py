@@ -125,10 +125,7 @@ def test_census_rows_name_layer_paths_identically_across_traces():
     rngs=nnx.Rngs(quant=1),
   )
   x = normal((8, 16))
-
-  def step(m, x):
-    return nnx.grad(lambda m: m(x).sum())(m)
-
+  step = lambda m, x: nnx.grad(lambda m: m(x).sum())(m)
   first, second = census(step, model, x), census(step, model, x)
   assert first == second
   by_path = {}

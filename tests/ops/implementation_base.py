@@ -41,16 +41,13 @@ import pytest
 from benchmarks.shapes import Shape
 from lowprec_jax.formats import Fp8, Int8Block
 from lowprec_jax.ops import (
-  DotQuantConfig,
-  GemmQuant,
-  OperandQuant,
   available_implementations,
   census,
   quantized_dot_general,
 )
 from tests.helpers import F32_EPS, all_dots, normal, rel_err
 from tests.implementation_cases import ImplementationTestBase, cases
-from tests.ops.reference import KERNEL_RECIPES, abs_dot
+from tests.ops.reference import KERNEL_RECIPES, abs_dot, fwd_only
 
 
 def dims_of(x) -> tuple:
@@ -58,13 +55,15 @@ def dims_of(x) -> tuple:
   return (((x.ndim - 1,), (0,)), ((), ()))
 
 
+def linear(x, w, config, implementation=None, seed=None):
+  """``quantized_dot_general`` of a Linear (``dims_of(x)``)."""
+  kw = dict(config=config, implementation=implementation, seed=seed)
+  return quantized_dot_general(x, w, dims_of(x), **kw)
+
+
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _vjp(lhs, rhs, g, config, implementation):
-  def f(a, b):
-    return quantized_dot_general(
-      a, b, dims_of(a), config=config, implementation=implementation, seed=7
-    )
-
+  f = lambda a, b: linear(a, b, config, implementation, seed=7)
   out, vjp = jax.vjp(f, lhs, rhs)
   return (out, *vjp(g))
 
@@ -85,18 +84,9 @@ def kernel_calls(jaxpr) -> list[tuple[str, int]]:
 
 # Requests no kernel implementation serves, and the reason they give.
 UNSUPPORTED = {
-  "mixed_blocks": (
-    GemmQuant(
-      lhs=OperandQuant(format=Int8Block(32)),
-      rhs=OperandQuant(format=Int8Block(128)),
-    ),
-    "one block size",
-  ),
+  "mixed_blocks": ((Int8Block(32), Int8Block(128)), "one block size"),
   "row_by_tensor": (
-    GemmQuant(
-      lhs=OperandQuant(format=Fp8.per_row()),
-      rhs=OperandQuant(format=Fp8.per_tensor()),
-    ),
+    (Fp8.per_row(), Fp8.per_tensor()),
     r"\(1, None\) x (b_tile=)?None",
   ),
 }
@@ -123,12 +113,16 @@ class QuantizedDotTestBase(ImplementationTestBase):
     g = normal((*lead, s.n), dtype, seed=seed + 2)
     return lhs, rhs, g
 
+  def against_xla(self, recipe, dtype, seed=0):
+    """(lhs, rhs, g, implementation's (out, dlhs, drhs), "xla"'s)."""
+    lhs, rhs, g = self.inputs(dtype, seed)
+    config = KERNEL_RECIPES[recipe]
+    got = _vjp(lhs, rhs, g, config, self.implementation)
+    return lhs, rhs, g, got, _vjp(lhs, rhs, g, config, "xla")
+
   @pytest.mark.parametrize("recipe", list(KERNEL_RECIPES))
   def test_matches_xla(self, recipe):
-    config = KERNEL_RECIPES[recipe]
-    lhs, rhs, g = self.inputs(jnp.float32)
-    got = _vjp(lhs, rhs, g, config, self.implementation)
-    want = _vjp(lhs, rhs, g, config, "xla")
+    lhs, rhs, g, got, want = self.against_xla(recipe, jnp.float32)
     if recipe.startswith("jetfire") and self.int8_bitwise:
       for a, b in zip(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -147,28 +141,17 @@ class QuantizedDotTestBase(ImplementationTestBase):
 
   @cases("recipe", "bf16_recipes")
   def test_bf16_inputs_bitwise(self, recipe):
-    lhs, rhs, g = self.inputs(jnp.bfloat16, seed=3)
-    config = KERNEL_RECIPES[recipe]
-    got = _vjp(lhs, rhs, g, config, self.implementation)
-    want = _vjp(lhs, rhs, g, config, "xla")
+    *_, got, want = self.against_xla(recipe, jnp.bfloat16, seed=3)
     for a, b in zip(got, want):
       assert a.dtype == jnp.bfloat16
       np.testing.assert_array_equal(a, b)
 
-  def _grad_census(self, config, implementation):
-    lhs, rhs, _ = self.inputs(jnp.float32)
-
-    def loss(a, b):
-      y = quantized_dot_general(
-        a, b, dims_of(a), config=config, implementation=implementation, seed=1
-      )
-      return jnp.sum(y**2)
-
-    return census(jax.grad(loss, argnums=(0, 1)), lhs, rhs)
-
   @cases("recipe", "census_dots", keys=True)
   def test_census_shows_the_kernels(self, recipe):
-    report = self._grad_census(KERNEL_RECIPES[recipe], self.implementation)
+    lhs, rhs, _ = self.inputs(jnp.float32)
+    config, impl = KERNEL_RECIPES[recipe], self.implementation
+    loss = lambda a, b: jnp.sum(linear(a, b, config, impl, seed=1) ** 2)
+    report = census(jax.grad(loss, argnums=(0, 1)), lhs, rhs)
     roles = ("fwd", "dlhs", "drhs")
     assert {r.role for r in report.records} == set(roles)
     assert [report.total(role=r) for r in roles] == [1, 1, 1]
@@ -186,9 +169,8 @@ class QuantizedDotTestBase(ImplementationTestBase):
     jaxpr = jax.make_jaxpr(_vjp.__wrapped__, static_argnums=(3, 4))(
       lhs, rhs, g, KERNEL_RECIPES[recipe], self.implementation
     )
-    assert sorted(kernel_calls(jaxpr.jaxpr)) == sorted(
-      self.expected_kernels[recipe]
-    )
+    want = sorted(self.expected_kernels[recipe])
+    assert sorted(kernel_calls(jaxpr.jaxpr)) == want
     if recipe.startswith("jetfire"):  # any dot is a kernel's int8 dot
       dots = all_dots(jaxpr.jaxpr)
       assert all(str(d.invars[0].aval.dtype) == "int8" for d in dots)
@@ -198,14 +180,10 @@ class QuantizedDotTestBase(ImplementationTestBase):
 
   @pytest.mark.parametrize("request_name", list(UNSUPPORTED))
   def test_unsupported_requests_name_the_reason(self, request_name):
-    gemm, match = UNSUPPORTED[request_name]
-    config = DotQuantConfig(name=request_name, fwd=gemm)
+    formats, match = UNSUPPORTED[request_name]
+    config = fwd_only(request_name, *formats)
     lhs, rhs, _ = self.inputs(jnp.float32)
     with pytest.raises(NotImplementedError, match=match):
       jax.eval_shape(
-        lambda a, b: quantized_dot_general(
-          a, b, dims_of(a), config=config, implementation=self.implementation
-        ),
-        lhs,
-        rhs,
+        lambda a, b: linear(a, b, config, self.implementation), lhs, rhs
       )

@@ -12,6 +12,9 @@ from jax import lax
 
 from lowprec_jax.formats import derive_seed, fake_quantize
 from lowprec_jax.ops import (
+  DotQuantConfig,
+  GemmQuant,
+  OperandQuant,
   fp8_block,
   fp8_current,
   get_recipe,
@@ -60,6 +63,17 @@ def _residual(fwd_value, fwd_spec, want, seed, salt):
     return fwd_value
   # Requantization from the dequantized residual.
   return _fq(fwd_value, want, seed, salt)
+
+
+def gemm(lhs_format, rhs_format) -> GemmQuant:
+  """A GEMM quantizing its operands to these formats."""
+  lhs, rhs = OperandQuant(format=lhs_format), OperandQuant(format=rhs_format)
+  return GemmQuant(lhs=lhs, rhs=rhs)
+
+
+def fwd_only(name, lhs_format, rhs_format) -> DotQuantConfig:
+  """A config quantizing only the forward GEMM, to these formats."""
+  return DotQuantConfig(name=name, fwd=gemm(lhs_format, rhs_format))
 
 
 def reference(lhs, rhs, dims, g, *, config, seed):

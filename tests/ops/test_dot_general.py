@@ -50,6 +50,7 @@ CONFIGS = {
   "fp8_block32": fp8_block(32),
 }
 
+DIMS = (((1,), (0,)), ((), ()))  # a Linear: x's last axis against w's first
 CASES = {
   "matmul_ragged": ((33, 70), (70, 45), (((1,), (0,)), ((), ()))),
   "linear_3d": ((2, 40, 96), (96, 72), (((2,), (0,)), ((), ()))),
@@ -62,9 +63,7 @@ CASES = {
 
 @functools.partial(jax.jit, static_argnums=(2, 4))
 def _vjp(lhs, rhs, dims, g, config, seed):
-  f = lambda a, b: quantized_dot_general(  # noqa: E731
-    a, b, dims, config=config, seed=seed
-  )
+  f = lambda a, b: quantized_dot_general(a, b, dims, config=config, seed=seed)
   out, vjp = jax.vjp(f, lhs, rhs)
   return (out, *vjp(g))
 
@@ -75,23 +74,19 @@ def _assert_tight(got, want, scale, k, dtype):
   bound = 2 * (k + 4) * F32_EPS * 1.25 * np.asarray(scale, np.float64)
   if dtype == jnp.bfloat16:
     bound = bound + 2.0**-8 * np.abs(want)
-  assert np.all(np.abs(got - want) <= bound + 1e-30), float(
-    np.max(np.abs(got - want) - bound)
-  )
+  diff = np.abs(got - want)
+  assert np.all(diff <= bound + 1e-30), float(np.max(diff - bound))
 
 
 def _check_against_fake_quant(case, config, dtype, seed):
   lshape, rshape, dims = CASES[case]
   lhs = normal(lshape, dtype, seed=seed)
   rhs = normal(rshape, dtype, seed=seed + 100)
-  out_shape = jax.eval_shape(
-    lambda a, b: jax.lax.dot_general(a, b, dims), lhs, rhs
-  ).shape
-  g = normal(out_shape, dtype, seed=seed + 200)
+  out = jax.eval_shape(lambda a, b: jax.lax.dot_general(a, b, dims), lhs, rhs)
+  g = normal(out.shape, dtype, seed=seed + 200)
   got = _vjp(lhs, rhs, dims, g, CONFIGS[config], seed)
-  want = jax.jit(
-    functools.partial(reference, dims=dims, config=CONFIGS[config])
-  )(lhs, rhs, g=g, seed=seed)
+  oracle = functools.partial(reference, dims=dims, config=CONFIGS[config])
+  want = jax.jit(oracle)(lhs, rhs, g=g, seed=seed)
   scale = jax.jit(functools.partial(abs_dot, dims=dims))(lhs, rhs, g=g)
   _, m, n, k = canonicalize(lhs, rhs, dims).bmnk
   for name, g_, w_, s_, k in zip(
@@ -99,8 +94,7 @@ def _check_against_fake_quant(case, config, dtype, seed):
   ):
     assert g_.shape == w_.shape, name
     _assert_tight(g_, w_, s_, k, dtype)
-  assert got[0].dtype == dtype and got[1].dtype == dtype
-  assert got[2].dtype == dtype
+  assert [x.dtype for x in got] == [dtype] * 3
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -126,11 +120,10 @@ LOOSE = {  # (out, dlhs, drhs) budgets, derived in the module docstring
 @pytest.mark.parametrize("config", list(LOOSE))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_close_to_full_precision(config, seed):
-  dims = (((1,), (0,)), ((), ()))
   lhs = normal((256, 384), seed=seed)
   rhs = normal((384, 192), seed=seed + 1)
   g = normal((256, 192), seed=seed + 2)
-  got = _vjp(lhs, rhs, dims, g, CONFIGS[config], seed)
+  got = _vjp(lhs, rhs, DIMS, g, CONFIGS[config], seed)
   hp = jax.lax.Precision.HIGHEST
   want = (
     jnp.dot(lhs, rhs, precision=hp),
@@ -148,11 +141,10 @@ def test_close_to_full_precision(config, seed):
 @pytest.mark.parametrize("config", ["jetfire_int8", "fp8_current", "fp8_block"])
 def test_jaxpr_dots_take_8bit_operands(config):
   """Every dot in the forward and backward program is int8 or fp8."""
-  dims = (((1,), (0,)), ((), ()))
   lhs, rhs = normal((64, 96), jnp.bfloat16), normal((96, 32), jnp.bfloat16)
 
   def loss(a, b):
-    y = quantized_dot_general(a, b, dims, config=CONFIGS[config], seed=1)
+    y = quantized_dot_general(a, b, DIMS, config=CONFIGS[config], seed=1)
     return jnp.sum(y.astype(jnp.float32) ** 2)
 
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(lhs, rhs)
@@ -174,9 +166,8 @@ def test_jaxpr_dots_take_8bit_operands(config):
 
 
 def _linear(config, seed=3, **kw):
-  dims = (((1,), (0,)), ((), ()))
-  return lambda a, b: quantized_dot_general(  # noqa: E731
-    a, b, dims, config=config, seed=seed, **kw
+  return lambda a, b: quantized_dot_general(
+    a, b, DIMS, config=config, seed=seed, **kw
   )
 
 
@@ -222,11 +213,8 @@ def test_checkpoint_keeps_exactly_the_quantized_residuals(config):
   8-bit codes and fp32 scales only, and the gradients are bit-identical to
   those without remat (and with everything recomputed)."""
   lhs, rhs = normal((64, 96), jnp.bfloat16), normal((96, 32), jnp.bfloat16)
-  seed = jnp.uint32(7)
-  dims = (((1,), (0,)), ((), ()))
-  f = lambda a, b, s: quantized_dot_general(  # noqa: E731
-    a, b, dims, config=CONFIGS[config], seed=s
-  )
+  seed, cfg = jnp.uint32(7), CONFIGS[config]
+  f = lambda a, b, s: quantized_dot_general(a, b, DIMS, config=cfg, seed=s)
   save = jax.checkpoint_policies.save_only_these_names(*RESIDUAL_NAMES)
   variants = {
     "plain": f,
@@ -262,12 +250,11 @@ def test_residual_bytes_against_bf16():
   """INT8 residuals of one linear are at most 0.55x the bf16 ones."""
   x = jax.ShapeDtypeStruct((4096, 1024), jnp.bfloat16)
   w = jax.ShapeDtypeStruct((1024, 4096), jnp.bfloat16)
-  dims = (((1,), (0,)), ((), ()))
 
   def residuals(f):
     return jax.eval_shape(lambda a, b: jax.vjp(f, a, b)[1], x, w)
 
-  bf16 = tree_bytes(residuals(lambda a, b: jax.lax.dot_general(a, b, dims)))
+  bf16 = tree_bytes(residuals(lambda a, b: jax.lax.dot_general(a, b, DIMS)))
   assert bf16 == 2 * (4096 * 1024 + 1024 * 4096)
   for config, limit in (("jetfire_int8", 0.55), ("fp8_current", 0.55)):
     got = tree_bytes(residuals(_linear(CONFIGS[config])))
@@ -323,10 +310,6 @@ def test_out_sharding_and_explicit_mesh():
 
 
 def test_empty_contraction_gives_zeros():
-  out = quantized_dot_general(
-    jnp.ones((3, 0)),
-    jnp.ones((0, 4)),
-    (((1,), (0,)), ((), ())),
-    config="fp8_current",
-  )
+  x, w = jnp.ones((3, 0)), jnp.ones((0, 4))
+  out = quantized_dot_general(x, w, DIMS, config="fp8_current")
   assert out.shape == (3, 4) and bool(jnp.all(out == 0))

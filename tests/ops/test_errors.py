@@ -11,6 +11,8 @@ from lowprec_jax.ops import (
   jetfire_int8,
   quantized_dot_general,
 )
+from tests.helpers import raises
+from tests.ops.reference import fwd_only, gemm
 
 DIMS = (((1,), (0,)), ((), ()))
 
@@ -53,11 +55,9 @@ def test_bad_operands(lhs, rhs, match):
 
 
 def test_wrong_rank_for_dimension_numbers():
-  with pytest.raises(
-    ValueError,
-    match=r"lhs has shape \(8,\) and dtype "
-    r"float32; contracting \+ batch dims \(1,\) must be in "
-    r"\[0, 1\)",
+  with raises(
+    r"lhs has shape \(8,\) and dtype float32; contracting \+ batch dims "
+    r"\(1,\) must be in \[0, 1\)"
   ):
     _call(jnp.ones(8), jnp.ones((8, 3)))
 
@@ -76,19 +76,11 @@ def test_unknown_recipe_and_bad_config():
   with pytest.raises(ValueError, match="both operands quantized or neither"):
     GemmQuant(lhs=OperandQuant(format=Int8Block()), rhs=OperandQuant())
   with pytest.raises(ValueError, match="both be int8 or both fp8"):
-    GemmQuant(
-      lhs=OperandQuant(format=Int8Block()), rhs=OperandQuant(format=Fp8())
-    )
+    gemm(Int8Block(), Fp8())
   with pytest.raises(ValueError, match="one scale per contraction element"):
-    GemmQuant(
-      lhs=OperandQuant(format=Fp8("e4m3", (None, 1))),
-      rhs=OperandQuant(format=Fp8()),
-    )
+    gemm(Fp8("e4m3", (None, 1)), Fp8())
   with pytest.raises(ValueError, match="GEMM operands take float32 scales"):
-    GemmQuant(
-      lhs=OperandQuant(format=Fp8.groups(16, scale_storage="bfloat16")),
-      rhs=OperandQuant(format=Fp8()),
-    )
+    gemm(Fp8.groups(16, scale_storage="bfloat16"), Fp8())
   with pytest.raises(ValueError, match="rounding must be one of"):
     OperandQuant(format=Fp8(), rounding="down")
   with pytest.raises(ValueError, match="DotQuantConfig.fwd must be"):
@@ -110,13 +102,7 @@ def test_implementations_are_explicit():
 
 def test_pallas_names_what_it_cannot_run():
   x, w = jnp.ones((4, 8)), jnp.ones((8, 3))
-  mixed_blocks = DotQuantConfig(
-    name="mixed_blocks",
-    fwd=GemmQuant(
-      lhs=OperandQuant(format=Int8Block(32)),
-      rhs=OperandQuant(format=Int8Block(64)),
-    ),
-  )
+  mixed_blocks = fwd_only("mixed_blocks", Int8Block(32), Int8Block(64))
   with pytest.raises(
     NotImplementedError,
     match=r"implementation='pallas' cannot run config 'mixed_blocks': fwd "
@@ -124,13 +110,7 @@ def test_pallas_names_what_it_cannot_run():
     "for both operands, got 32 and 64",
   ):
     _call(x, w, config=mixed_blocks, implementation="pallas")
-  row_by_tensor = DotQuantConfig(
-    name="row_by_tensor",
-    fwd=GemmQuant(
-      lhs=OperandQuant(format=Fp8.per_row()),
-      rhs=OperandQuant(format=Fp8.per_tensor()),
-    ),
-  )
+  row_by_tensor = fwd_only("row_by_tensor", Fp8.per_row(), Fp8.per_tensor())
   with pytest.raises(
     NotImplementedError,
     match=r"fwd \(e4m3_row x e4m3_tensor\): tiles a_tile=\(1, None\) x "

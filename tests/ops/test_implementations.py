@@ -11,9 +11,9 @@ import jax
 import pytest
 
 from benchmarks.shapes import shape
-from lowprec_jax.ops import census, quantized_dot_general
+from lowprec_jax.ops import census
 from tests.helpers import normal
-from tests.ops.implementation_base import QuantizedDotTestBase, dims_of
+from tests.ops.implementation_base import QuantizedDotTestBase, linear
 from tests.ops.reference import KERNEL_RECIPES
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -72,10 +72,7 @@ def test_none_picks_xla_on_cpu(recipe):
   x, w = normal((8, 32), seed=0), normal((32, 16), seed=1)
 
   def loss(a, b):
-    y = quantized_dot_general(
-      a, b, dims_of(a), config=KERNEL_RECIPES[recipe], seed=1
-    )
-    return (y**2).sum()
+    return (linear(a, b, KERNEL_RECIPES[recipe], seed=1) ** 2).sum()
 
   records = census(jax.grad(loss, argnums=(0, 1)), x, w).records
   assert {r.implementation for r in records} == {"xla"}

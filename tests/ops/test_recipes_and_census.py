@@ -7,15 +7,13 @@ import pytest
 from lowprec_jax.formats import Fp8, Int8Block
 from lowprec_jax.ops import (
   RECIPES,
-  DotQuantConfig,
-  GemmQuant,
-  OperandQuant,
   census,
   get_recipe,
   jetfire_int8,
   quantized_dot_general,
 )
 from tests.helpers import normal
+from tests.ops.reference import fwd_only
 
 
 def test_recipes_are_what_the_docs_say():
@@ -46,12 +44,13 @@ def test_recipes_are_what_the_docs_say():
   assert "fwd: int8_block32 x int8_block32" in jf.describe()
 
 
-def _two_layers(config):
-  dims = (((1,), (0,)), ((), ()))
+DIMS = (((1,), (0,)), ((), ()))
 
+
+def _two_layers(config):
   def f(x, w1, w2):
-    h = quantized_dot_general(x, w1, dims, config=config, seed=1)
-    y = quantized_dot_general(jax.nn.relu(h), w2, dims, config=config, seed=2)
+    h = quantized_dot_general(x, w1, DIMS, config=config, seed=1)
+    y = quantized_dot_general(jax.nn.relu(h), w2, DIMS, config=config, seed=2)
     return jnp.sum(y**2)
 
   return f
@@ -98,10 +97,8 @@ def test_census_notes_requantized_residuals_and_rounding():
 def test_census_multiplies_scanned_layers(length):
   def layers(x, ws):
     def body(h, w):
-      dims = (((1,), (0,)), ((), ()))
-      return quantized_dot_general(
-        h, w, dims, config="jetfire_int8", seed=3
-      ), None
+      y = quantized_dot_general(h, w, DIMS, config="jetfire_int8", seed=3)
+      return y, None
 
     return jax.lax.scan(body, x, ws)[0].sum()
 
@@ -117,11 +114,8 @@ def test_mosaic_census_records_a_quantize_step_without_a_mosaic_kernel():
   x, w = normal((64, 256)), normal((256, 128), seed=1)
 
   def loss(x, w):
-    dims = (((1,), (0,)), ((), ()))
-    y = quantized_dot_general(
-      x, w, dims, config="fp8_block", implementation="mosaic"
-    )
-    return jnp.sum(y)
+    kw = dict(config="fp8_block", implementation="mosaic")
+    return jnp.sum(quantized_dot_general(x, w, DIMS, **kw))
 
   rep = census(jax.jit(jax.grad(loss, argnums=(0, 1))), x, w)
   quantizers = {r.role: (r.lhs_quantizer, r.rhs_quantizer) for r in rep.records}
@@ -136,28 +130,15 @@ def test_mosaic_census_records_a_quantize_step_without_a_mosaic_kernel():
 
 
 def test_implementation_sequences_are_tried_in_the_given_order():
-  mixed = DotQuantConfig(
-    name="mixed_blocks",
-    fwd=GemmQuant(
-      lhs=OperandQuant(format=Int8Block(32)),
-      rhs=OperandQuant(format=Int8Block(64)),
-    ),
-  )
+  mixed = fwd_only("mixed_blocks", Int8Block(32), Int8Block(64))
   x, w = normal((8, 64)), normal((64, 32), seed=1)
-  dims = (((1,), (0,)), ((), ()))
-  rep = census(
-    lambda x, w: quantized_dot_general(
-      x, w, dims, config=mixed, implementation=("mosaic", "pallas", "xla")
-    ),
-    x,
-    w,
-  )
+  kw = dict(config=mixed, implementation=("mosaic", "pallas", "xla"))
+  rep = census(lambda x, w: quantized_dot_general(x, w, DIMS, **kw), x, w)
   assert [r.implementation for r in rep.records] == ["xla"]
+  kw["implementation"] = ["mosaic", "pallas"]  # no "xla" to fall back on
   with pytest.raises(
     NotImplementedError,
     match=r"none of implementation=\('mosaic', 'pallas'\) can run config "
     r"'mixed_blocks': mosaic: fwd .* one block size .* \| pallas: fwd",
   ):
-    quantized_dot_general(
-      x, w, dims, config=mixed, implementation=["mosaic", "pallas"]
-    )
+    quantized_dot_general(x, w, DIMS, **kw)

@@ -64,13 +64,8 @@ def _grads(t):
 
 
 def _moments(state):
-  return [
-    m
-    for m in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, QuantizedMoment)
-    )
-    if isinstance(m, QuantizedMoment)
-  ]
+  is_moment = lambda x: isinstance(x, QuantizedMoment)
+  return [m for m in jax.tree.leaves(state, is_leaf=is_moment) if is_moment(m)]
 
 
 @pytest.mark.standard_promotion
@@ -102,10 +97,8 @@ def test_states_shard_like_their_parameters(name):
       assert s.sharding.is_equivalent_to(NamedSharding(mesh, stats), s.ndim)
   # Each device holds whole groups: its share of w's codes is (8, 128).
   w = next(m for m in moments if m.shape == SHAPES["w"])
-  assert {s.data.shape for s in w.codes.addressable_shards} <= {
-    (8, 128),
-    (8, 64),
-  }
+  shard_shapes = {s.data.shape for s in w.codes.addressable_shards}
+  assert shard_shapes <= {(8, 128), (8, 64)}
 
 
 @pytest.mark.parametrize(
@@ -189,14 +182,13 @@ def test_nnx_optimizer_updates_quantized_states():
   moment replaces the parameter's Variable), so updates keep the moments
   quantized step after step."""
   model = nnx.Linear(128, 256, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(
-    model, adamw_fp8(1e-2, quantize_mask=ALL), wrt=nnx.Param
-  )
+  tx = adamw_fp8(1e-2, quantize_mask=ALL)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x = jnp.asarray(rng("x").standard_normal((4, 128)), jnp.float32)
 
   @nnx.jit
   def step(model, optimizer):
-    loss_fn = lambda m: jnp.mean(m(x) ** 2)  # noqa: E731
+    loss_fn = lambda m: jnp.mean(m(x) ** 2)
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
     return loss

@@ -1,9 +1,7 @@
 """Scaled FP8 GEMM kernels against their twin, "xla" and float64.
 
-The tests of every implementation of ``fp8_matmul`` (the portable Pallas
-kernel and the Hopper one); ``test_fp8_matmul.py`` subclasses
-:class:`Fp8MatmulTestBase` once per implementation, with its shapes, cases
-and error budget. a is E4M3 or E5M2, b is E4M3.
+The tests of every implementation's ``fp8_matmul``; ``test_fp8_matmul.py``
+subclasses :class:`Fp8MatmulTestBase`. a is E4M3 or E5M2, b is E4M3.
 
 Exact cases: codes in [-5, 5] (exact in E4M3 and E5M2) and scales 2^e
 (``exact_scale_exponents``): every partial sum is a multiple of 2^-2E that
@@ -37,11 +35,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from benchmarks.shapes import shape
 from pallas_kernels import fp8_matmul as twin
-from tests.helpers import all_dots, rel_err
+from tests.helpers import all_dots, raises, rel_err
 from tests.implementation_cases import ImplementationTestBase, cases, requires
 from tests.pallas_kernels.kernel_support import (
   E4M3,
@@ -63,6 +60,10 @@ class Fp8Case(NamedTuple):
   b_tile: tuple | None
   a_dtype: type
   bmnk: tuple[int, int, int, int]
+
+  @property
+  def tiles(self) -> dict:
+    return dict(a_tile=self.a_tile, b_tile=self.b_tile)
 
 
 class ErrorCase(NamedTuple):
@@ -113,38 +114,30 @@ class Fp8MatmulTestBase(ImplementationTestBase):
   error_shape = shape("tiny_ragged_k300").bmnk
   race_shape: tuple[int, int, int, int] | None = None  # race detector runs
 
-  def _run(self, a_q, a_s, b_q, b_s, a_tile, b_tile, **kw):
+  def _run(self, *ops, **kw):
     kw.setdefault("interpret", self.interpret)
-    return finished(
-      self.kernels.fp8_matmul(
-        a_q, a_s, b_q, b_s, a_tile=a_tile, b_tile=b_tile, **kw
-      )
-    )
+    return finished(self.kernels.fp8_matmul(*ops, **kw))
 
   @cases("case", "exact_cases")
   def test_exact_with_small_integers(self, case):
-    a_tile, b_tile, a_dtype, bmnk = case
-    tiles = dict(a_tile=a_tile, b_tile=b_tile)
-    ops = fp8_operands(bmnk, a_tile, b_tile, a_dtype, data="exact")
-    got = self._run(*ops, **tiles)
-    assert got.shape == bmnk[:3] and got.dtype == jnp.float32
-    want, _ = float64_product(*ops, **tiles)
+    ops = fp8_operands(*case, data="exact")
+    got = self._run(*ops, **case.tiles)
+    assert got.shape == case.bmnk[:3] and got.dtype == jnp.float32
+    want, _ = float64_product(*ops, **case.tiles)
     assert_same(got, want.astype(np.float32), "kernel vs float64")
-    assert_same(got, xla_fp8(*ops, **tiles), "kernel vs xla")
-    twin_out = twin.fp8_matmul_reference(*ops, **tiles)
+    assert_same(got, xla_fp8(*ops, **case.tiles), "kernel vs xla")
+    twin_out = twin.fp8_matmul_reference(*ops, **case.tiles)
     assert_same(got, twin_out, "kernel vs twin")
 
   @cases("case", "general_cases")
   def test_general_data_within_budget(self, case):
-    a_tile, b_tile, a_dtype, bmnk = case
-    k = bmnk[3]
-    tiles = dict(a_tile=a_tile, b_tile=b_tile)
+    a_tile, k = case.a_tile, case.bmnk[3]
     data = "codes" if self.fp8_budget == "float64" else "normal"
-    ops = fp8_operands(bmnk, a_tile, b_tile, a_dtype, data=data)
-    got = np.asarray(self._run(*ops, **tiles))
-    assert got.shape == bmnk[:3] and got.dtype == np.float32
-    want, abs_sum = float64_product(*ops, **tiles)
-    xla = np.asarray(xla_fp8(*ops, **tiles))
+    ops = fp8_operands(*case, data=data)
+    got = np.asarray(self._run(*ops, **case.tiles))
+    assert got.shape == case.bmnk[:3] and got.dtype == np.float32
+    want, abs_sum = float64_product(*ops, **case.tiles)
+    xla = np.asarray(xla_fp8(*ops, **case.tiles))
     assert within(xla, want, (k + 2) * U * abs_sum)
     if self.fp8_budget == "float64":
       assert within(got, want, (k + 2) * U * abs_sum)
@@ -156,31 +149,25 @@ class Fp8MatmulTestBase(ImplementationTestBase):
 
   def test_bf16_output_is_the_rounded_f32_result(self):
     # Exact data: the f32 result is exact and rounded once to bf16.
-    a_tile, b_tile, a_dtype, bmnk = self.bf16_case
-    tiles = dict(a_tile=a_tile, b_tile=b_tile)
-    ops = fp8_operands(bmnk, a_tile, b_tile, a_dtype, data="exact")
-    got = self._run(*ops, **tiles, out_dtype=jnp.bfloat16)
-    assert got.dtype == jnp.bfloat16
-    want = twin.fp8_matmul_reference(*ops, **tiles, out_dtype=jnp.bfloat16)
+    tiles, bf16 = self.bf16_case.tiles, jnp.bfloat16
+    ops = fp8_operands(*self.bf16_case, data="exact")
+    got = self._run(*ops, **tiles, out_dtype=bf16)
+    assert got.dtype == bf16
+    want = twin.fp8_matmul_reference(*ops, **tiles, out_dtype=bf16)
     assert_same(got, want, "kernel vs twin")
-    want = xla_fp8(*ops, **tiles).astype(jnp.bfloat16)
+    want = xla_fp8(*ops, **tiles).astype(bf16)
     assert_same(got, want, "kernel vs rounded xla")
 
   @cases("a_dtype, dot_dtype", "kernel_dot_dtypes")
   def test_mixed_fp8_dot_runs_in_bf16(self, a_dtype, dot_dtype):
     """Triton rejects an E5M2 x E4M3 dot; the kernel widens both to bf16."""
-    ops = fp8_operands(self.error_shape, None, None, a_dtype, data="exact")
-    jaxpr = jax.make_jaxpr(
-      lambda *ops: self.kernels.fp8_matmul(
-        *ops, a_tile=None, b_tile=None, interpret=self.interpret
-      )
-    )(*ops)
-    dots = {
-      (str(e.invars[0].aval.dtype), str(e.invars[1].aval.dtype))
-      for e in all_dots(jaxpr.jaxpr)
-    }
+    ops = fp8_operands(None, None, a_dtype, self.error_shape, data="exact")
+    kw = dict(a_tile=None, b_tile=None, interpret=self.interpret)
+    jaxpr = jax.make_jaxpr(lambda *ops: self.kernels.fp8_matmul(*ops, **kw))
+    dots = all_dots(jaxpr(*ops).jaxpr)
     name = np.dtype(dot_dtype).name
-    assert dots == {(name, name)}
+    dtypes = {tuple(str(v.aval.dtype) for v in e.invars[:2]) for e in dots}
+    assert dtypes == {(name, name)}
 
   @cases("case", "unsupported_requests")
   def test_unsupported_requests_raise(self, case):
@@ -189,31 +176,29 @@ class Fp8MatmulTestBase(ImplementationTestBase):
     b_q = jnp.zeros((b, n, k), case.b_dtype)
     a_s = jnp.ones(fp8_scale_shape(a_q.shape, case.a_tile), jnp.float32)
     b_s = jnp.ones(fp8_scale_shape(b_q.shape, case.b_tile), jnp.float32)
-    with pytest.raises(case.error, match=case.match):
-      self.kernels.fp8_matmul(
-        a_q, a_s, b_q, b_s, a_tile=case.a_tile, b_tile=case.b_tile
-      )
+    tiles = dict(a_tile=case.a_tile, b_tile=case.b_tile)
+    with raises(case.match, case.error):
+      self.kernels.fp8_matmul(a_q, a_s, b_q, b_s, **tiles)
 
   def test_bad_scales_raise_with_names(self):
-    b, m, n, k = self.error_shape
+    b, m = self.error_shape[:2]
     for a_tile, b_tile in [((1, 128), (1, 128)), (None, None)]:
-      a_q, a_s, b_q, b_s = fp8_operands(
-        self.error_shape, a_tile, b_tile, E4M3, data="exact"
-      )
+      ops = fp8_operands(a_tile, b_tile, E4M3, self.error_shape, data="exact")
+      a_q, _, b_q, b_s = ops
       wrong = (1, 1, 1) if a_tile else (b, m, 1)  # per-tensor, per-row
       want = fp8_scale_shape(a_q.shape, a_tile)
       match = re.escape(
         f"a_s has shape {wrong} and dtype float32; for tile {a_tile} "
         f"expected float32 of shape {want}"
       )
-      with pytest.raises(ValueError, match=match):
+      with raises(match):
         self.kernels.fp8_matmul(
           a_q, jnp.ones(wrong), b_q, b_s, a_tile=a_tile, b_tile=b_tile
         )
 
   @requires("race_shape", "no race detector")
   def test_no_races_without_promotion(self):
-    ops = fp8_operands(self.race_shape, None, None, E4M3, data="exact")
+    ops = fp8_operands(None, None, E4M3, self.race_shape, data="exact")
     tiles = dict(a_tile=None, b_tile=None)
     got = self._run(*ops, **tiles, interpret=race_detector())
     assert_same(got, xla_fp8(*ops, **tiles))

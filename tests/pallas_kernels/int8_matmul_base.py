@@ -1,10 +1,9 @@
 """Block-scaled INT8 GEMM kernels against their twin, "xla" and float64.
 
-The tests of every implementation of ``int8_block_matmul`` (the portable
-Pallas kernel and the Hopper one); ``test_int8_matmul.py`` subclasses
-:class:`Int8MatmulTestBase` once per implementation, with its shapes and
-cases. ``out = sum_j (float(P_j) * sa_j) * sb_j`` over the K blocks j, with
-``P_j`` the int8 x int8 -> int32 dot of block j.
+The tests of every implementation's ``int8_block_matmul``;
+``test_int8_matmul.py`` subclasses :class:`Int8MatmulTestBase`.
+``out = sum_j (float(P_j) * sa_j) * sb_j`` over the K blocks j, with ``P_j``
+the int8 x int8 -> int32 dot of block j.
 
 Exact cases: codes in [-5, 5] and scales 2^e (``exact_scale_exponents``):
 every block sum is an integer and every scaled term and partial sum a
@@ -32,11 +31,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from benchmarks.shapes import shape
 from lowprec_jax.formats import Int8Block, quantize
 from pallas_kernels import int8_matmul as twin
+from tests.helpers import raises
 from tests.implementation_cases import ImplementationTestBase, cases, requires
 from tests.pallas_kernels.kernel_support import (
   U,
@@ -84,10 +83,10 @@ def _library_quantize(x, seed, *, block, rounding):
   return qt.qvalue, qt.scale
 
 
-@functools.partial(
-  jax.jit,
-  static_argnames=("kernel", "block", "out_block", "out_rounding", "interpret"),
-)
+_INT8_OUT_STATIC = ("kernel", "block", "out_block", "out_rounding", "interpret")
+
+
+@functools.partial(jax.jit, static_argnames=_INT8_OUT_STATIC)
 def _int8_out(a_q, a_s, b_q, b_s, seed, *, kernel, **kw):
   return kernel(a_q, a_s, b_q, b_s, seed=seed, **kw)
 
@@ -114,6 +113,11 @@ class Int8MatmulTestBase(ImplementationTestBase):
   def _run(self, *ops, **kw):
     kw.setdefault("interpret", self.interpret)
     return finished(self.kernels.int8_block_matmul(*ops, **kw))
+
+  def _run_int8_out(self, *ops_and_seed, **kw):
+    kw.setdefault("interpret", self.interpret)
+    kernel = self.kernels.int8_block_matmul
+    return finished(_int8_out(*ops_and_seed, kernel=kernel, **kw))
 
   def _product(self, bmnk, block, *, exact):
     """(kernel, "xla", twin, float64 product, sum_j |t_j|) on new operands."""
@@ -162,36 +166,21 @@ class Int8MatmulTestBase(ImplementationTestBase):
     coordinates) must give the same bits; general operands need an
     implementation with ``same_bits_as_xla``.
     """
-    b, m, n, k = case.bmnk
-    ops = int8_operands(
-      case.bmnk,
-      case.block,
-      exact=case.exact,
-      seed=1,
-      scale_exponents=1 if case.exact else None,
+    (b, m, n, _), block, ob = case.bmnk, case.block, case.out_block
+    e = 1 if case.exact else None
+    a_q, a_s, b_q, b_s = int8_operands(
+      case.bmnk, block, exact=case.exact, seed=1, scale_exponents=e
     )
-    a_q, a_s, b_q, b_s = ops
     a_q = a_q.at[:, 31, :].set(127)
-    if case.block == 32:
+    if block == 32:
       a_s = a_s.at[-1, -1, 0].set(jnp.nan)
     args = (a_q, a_s, b_q, b_s)
-    f32 = xla_int8(*args, case.block)
-    kw = dict(
-      block=case.block, out_block=case.out_block, out_rounding=case.rounding
-    )
-    ob = case.out_block
+    f32 = xla_int8(*args, block)
+    kw = dict(block=block, out_block=ob, out_rounding=case.rounding)
     for seed in case.seeds:
       lib_seed = jnp.uint32(seed or 0)
       seed = None if seed is None else jnp.uint32(seed)
-      got = finished(
-        _int8_out(
-          *args,
-          seed,
-          kernel=self.kernels.int8_block_matmul,
-          interpret=self.interpret,
-          **kw,
-        )
-      )
+      got = self._run_int8_out(*args, seed, **kw)
       want = _library_quantize(f32, lib_seed, block=ob, rounding=case.rounding)
       twin_out = twin.int8_block_matmul_reference(*args, seed=seed, **kw)
       for g, w, t in zip(got, want, twin_out):
@@ -199,7 +188,7 @@ class Int8MatmulTestBase(ImplementationTestBase):
         assert_same(g, t, "kernel vs twin")
       q, s = np.asarray(got[0]), np.asarray(got[1])
       assert q.dtype == np.int8 and s.shape == (b, cdiv(m, ob), cdiv(n, ob))
-      if case.block == 32:
+      if block == 32:
         first = (m - 1) // 32 * 32  # the poisoned rows of a: first..m
         assert np.isnan(s[-1, first // ob :]).all()
         assert not q[-1, first:].any()
@@ -224,49 +213,41 @@ class Int8MatmulTestBase(ImplementationTestBase):
     dgrad = self.kernels.jetfire_dgrad(*ops, seed=5, **kw)
     wgrad = self.kernels.jetfire_wgrad(*ops, **kw)
     f32 = xla_int8(*ops, 32)
-    want_fwd = _library_quantize(
-      f32, jnp.uint32(0), block=32, rounding="nearest"
-    )
-    want_dgrad = _library_quantize(
-      f32, jnp.uint32(5), block=32, rounding="stochastic"
-    )
-    for got, want in zip((*fwd, *dgrad), (*want_fwd, *want_dgrad)):
-      np.testing.assert_array_equal(got, want)
+    want = [
+      _library_quantize(f32, jnp.uint32(seed), block=32, rounding=rounding)
+      for seed, rounding in ((0, "nearest"), (5, "stochastic"))
+    ]
+    for got, w in zip((*fwd, *dgrad), (*want[0], *want[1])):
+      np.testing.assert_array_equal(got, w)
     np.testing.assert_array_equal(wgrad, f32)
 
   def test_bad_arguments_raise_with_names(self):
     a_q, a_s, b_q, b_s = int8_operands(self.error_shape, 32, exact=True, seed=5)
     call = functools.partial(
-      self.kernels.int8_block_matmul, interpret=self.interpret
+      self.kernels.int8_block_matmul, block=32, interpret=self.interpret
     )
-    with pytest.raises(
-      ValueError,
-      match=r"a_q has shape \(1, 64, 128\) and b_q has shape \(1, 64, 64\)",
+    with raises(
+      r"a_q has shape \(1, 64, 128\) and b_q has shape \(1, 64, 64\)"
     ):
-      call(a_q, a_s, b_q[:, :, :64], b_s, block=32)
-    with pytest.raises(
-      ValueError,
-      match=r"b_s has shape \(1, 2, 3\).*expected float32 of shape \(1, 2, 4\)",
+      call(a_q, a_s, b_q[:, :, :64], b_s)
+    with raises(
+      r"b_s has shape \(1, 2, 3\).*expected float32 of shape \(1, 2, 4\)"
     ):
-      call(a_q, a_s, b_q, b_s[:, :, :3], block=32)
-    with pytest.raises(ValueError, match=r"a_s has shape \(1, 2, 3\)"):
-      call(a_q, a_s[:, :, :3], b_q, b_s, block=32)
+      call(a_q, a_s, b_q, b_s[:, :, :3])
+    with raises(r"a_s has shape \(1, 2, 3\)"):
+      call(a_q, a_s[:, :, :3], b_q, b_s)
     for block in (16, 48):
-      with pytest.raises(ValueError, match="block must be one of"):
+      with raises("block must be one of"):
         call(a_q, a_s, b_q, b_s, block=block)
-    with pytest.raises(
-      ValueError, match=r"a_q has shape \(1, 64, 128\) and dtype float32"
-    ):
-      call(a_q.astype(jnp.float32), a_s, b_q, b_s, block=32)
-    with pytest.raises(ValueError, match="b_q has shape"):
-      call(a_q, a_s, b_q.astype(jnp.float32), b_s, block=32)
-    with pytest.raises(ValueError, match="needs seed="):
-      call(
-        a_q, a_s, b_q, b_s, block=32, out_block=32, out_rounding="stochastic"
-      )
+    with raises(r"a_q has shape \(1, 64, 128\) and dtype float32"):
+      call(a_q.astype(jnp.float32), a_s, b_q, b_s)
+    with raises("b_q has shape"):
+      call(a_q, a_s, b_q.astype(jnp.float32), b_s)
+    with raises("needs seed="):
+      call(a_q, a_s, b_q, b_s, out_block=32, out_rounding="stochastic")
     for out_block in self.unsupported_out_blocks:
-      with pytest.raises(NotImplementedError, match=f"out_block={out_block}"):
-        call(a_q, a_s, b_q, b_s, block=32, out_block=out_block)
+      with raises(f"out_block={out_block}", NotImplementedError):
+        call(a_q, a_s, b_q, b_s, out_block=out_block)
 
   @requires("race_shape", "no race detector")
   def test_no_races_in_the_pipeline(self):
@@ -279,15 +260,6 @@ class Int8MatmulTestBase(ImplementationTestBase):
   def test_no_races_in_the_int8_out_epilogue(self):
     # The fp32 tile and the row maxima go through SMEM between lanes.
     ops = int8_operands(self.race_shape, 32, exact=True, seed=7)
-    finished(
-      _int8_out(
-        *ops,
-        jnp.uint32(1),
-        kernel=self.kernels.int8_block_matmul,
-        block=32,
-        out_block=32,
-        out_rounding="stochastic",
-        interpret=race_detector(),
-      )
-    )
+    kw = dict(block=32, out_block=32, out_rounding="stochastic")
+    self._run_int8_out(*ops, jnp.uint32(1), **kw, interpret=race_detector())
     assert not races_found()

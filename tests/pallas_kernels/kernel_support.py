@@ -12,12 +12,15 @@ The reference of every GEMM is the ``"xla"`` implementation
 contract the kernels implement.
 """
 
+import functools
+
 import jax
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 import numpy as np
 from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
 
+from benchmarks import shapes
 from lowprec_jax.formats import Fp8, Int8Block, QTensor, quantize
 from lowprec_jax.ops._xla_gemm import XLA
 from tests.helpers import F32_EPS, normal, rng
@@ -38,18 +41,17 @@ def bits(x) -> np.ndarray:
   return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
 
 
-def assert_bitwise(got, want, what: str = ""):
-  """Same shape, dtype and bit patterns (NaN payloads and -0.0 included)."""
+def assert_same(got, want, what: str = "", *, bitwise: bool = False):
+  """Same shape, dtype and values (NaN equals NaN); ``bitwise``: the same
+  bit patterns (NaN payloads and -0.0 included)."""
   got, want = np.asarray(got), np.asarray(want)
   assert got.shape == want.shape and got.dtype == want.dtype, what
-  np.testing.assert_array_equal(bits(got), bits(want), err_msg=what)
-
-
-def assert_same(got, want, what: str = ""):
-  """Same shape, dtype and values (NaN equals NaN)."""
-  got, want = np.asarray(got), np.asarray(want)
-  assert got.shape == want.shape and got.dtype == want.dtype, what
+  if bitwise:
+    got, want = bits(got), bits(want)
   np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+assert_bitwise = functools.partial(assert_same, bitwise=True)
 
 
 def within(got, want, bound) -> bool:
@@ -90,9 +92,14 @@ def exact_scale_exponents(k: int) -> int:
   return 2 if k <= 512 else 1
 
 
-def int8_operands(
-  bmnk, block: int, *, exact: bool, seed: int, scale_exponents=None
-):
+def _scales(g, shape, exact: bool, e: int, log_mean: float):
+  """Scales 2^e', |e'| <= e (exact) or log-normal around e^log_mean."""
+  if exact:
+    return jnp.asarray(2.0 ** g.integers(-e, e + 1, shape), jnp.float32)
+  return jnp.asarray(g.lognormal(log_mean, 1, shape), jnp.float32)
+
+
+def int8_operands(bmnk, block, *, exact, seed, scale_exponents=None):
   """(a_q, a_s, b_q, b_s) of a block-scaled INT8 GEMM (B, M, N, K).
 
   Exact: codes in [-5, 5], scales 2^e with |e| <= ``scale_exponents``
@@ -104,16 +111,12 @@ def int8_operands(
   limit = 5 if exact else 127
   e = exact_scale_exponents(k) if scale_exponents is None else scale_exponents
 
-  def codes(rows):
-    return jnp.asarray(g.integers(-limit, limit + 1, (b, rows, k)), jnp.int8)
-
-  def scales(rows):
+  def operand(rows):
+    codes = g.integers(-limit, limit + 1, (b, rows, k))
     shape = (b, cdiv(rows, block), cdiv(k, block))
-    if exact:
-      return jnp.asarray(2.0 ** g.integers(-e, e + 1, shape), jnp.float32)
-    return jnp.asarray(g.lognormal(-4, 1, shape), jnp.float32)
+    return jnp.asarray(codes, jnp.int8), _scales(g, shape, exact, e, -4)
 
-  return codes(m), scales(m), codes(n), scales(n)
+  return *operand(m), *operand(n)
 
 
 def fp8_scale_shape(shape, tile) -> tuple[int, int, int]:
@@ -126,8 +129,9 @@ def fp8_scale_shape(shape, tile) -> tuple[int, int, int]:
   return (b, cdiv(r, tile[0]), cdiv(k, tile[1]))
 
 
-def fp8_operands(bmnk, a_tile, b_tile, a_dtype, *, data: str, seed: int = 3):
+def fp8_operands(a_tile, b_tile, a_dtype, bmnk, *, data: str, seed: int = 3):
   """(a_q, a_s, b_q, b_s) of a scaled FP8 GEMM (B, M, N, K); b is E4M3.
+  The arguments are an ``Fp8Case``'s fields.
 
   ``data``: ``"exact"`` (codes in [-5, 5], exact in E4M3 and E5M2, scales
   2^e as ``exact_scale_exponents``), ``"codes"`` (every finite FP8 code,
@@ -140,24 +144,28 @@ def fp8_operands(bmnk, a_tile, b_tile, a_dtype, *, data: str, seed: int = 3):
     a = quantize(normal((b, m, k), seed=seed), a_fmt)
     w = quantize(normal((b, n, k), seed=seed + 1), Fp8("e4m3", b_tile))
     return a.qvalue, a.scale, w.qvalue, w.scale
-  g = rng("fp8_matmul", a_tile, b_tile, str(a_dtype), data == "exact")
-  e = exact_scale_exponents(k)
+  exact = data == "exact"
+  g = rng("fp8_matmul", a_tile, b_tile, str(a_dtype), exact)
 
-  def codes(rows, dtype):
-    if data == "exact":
-      values = g.integers(-5, 6, (b, rows, k)).astype(np.float32)
-      return jnp.asarray(values).astype(dtype)
-    finite = np.arange(256, dtype=np.uint8).view(dtype)
-    finite = finite[np.isfinite(finite.astype(np.float32))]
-    return jnp.asarray(g.choice(finite, (b, rows, k)))
-
-  def scales(rows, tile):
+  def operand(rows, dtype, tile):
+    if exact:
+      codes = jnp.asarray(g.integers(-5, 6, (b, rows, k)).astype(np.float32))
+    else:
+      finite = np.arange(256, dtype=np.uint8).view(dtype)
+      finite = finite[np.isfinite(finite.astype(np.float32))]
+      codes = jnp.asarray(g.choice(finite, (b, rows, k)))
     shape = fp8_scale_shape((b, rows, k), tile)
-    if data == "exact":
-      return jnp.asarray(2.0 ** g.integers(-e, e + 1, shape), jnp.float32)
-    return jnp.asarray(g.lognormal(-3, 1, shape), jnp.float32)
+    scales = _scales(g, shape, exact, exact_scale_exponents(k), -3)
+    return codes.astype(dtype), scales
 
-  return codes(m, a_dtype), scales(m, a_tile), codes(n, E4M3), scales(n, b_tile)
+  return *operand(m, a_dtype, a_tile), *operand(n, E4M3, b_tile)
+
+
+# (B, M, N, K) of the Mosaic GEMM tests: aligned, ragged and exact (on a
+# GPU, a shape whose K keeps exact data exact; interpreted, the aligned one).
+_SIZE = "gpu" if ON_GPU else "small"
+MOSAIC_BMNK = [shapes.shape(f"{_SIZE}_{k}").bmnk for k in ("aligned", "ragged")]
+MOSAIC_BMNK.append(shapes.shape("gpu_exact").bmnk if ON_GPU else MOSAIC_BMNK[0])
 
 
 # ------------------------------------------------------------- references

@@ -1,9 +1,7 @@
 """Quantize and dequantize kernels: the same bits as lowprec_jax.formats.
 
-The tests of every implementation of ``quantize_int8_block``,
-``quantize_fp8`` and ``dequantize`` (the portable Pallas kernels and the
-Mosaic GPU kernels); ``test_quantize.py`` subclasses :class:`QuantizeTestBase`
-once per implementation, with its shapes and cases.
+The tests of every implementation's ``quantize_int8_block``, ``quantize_fp8``
+and ``dequantize``; ``test_quantize.py`` subclasses :class:`QuantizeTestBase`.
 
 Every comparison is exact: the kernels, their plain-jnp twins
 (``pallas_kernels.quantize.*_reference``) and the library's
@@ -30,7 +28,7 @@ from jax import lax
 from lowprec_jax.formats import Fp8, Int8Block, QTensor, quantize
 from pallas_kernels import numerics, tiles
 from pallas_kernels import quantize as twin
-from tests.helpers import normal
+from tests.helpers import normal, raises
 from tests.implementation_cases import ImplementationTestBase, cases, requires
 from tests.pallas_kernels.kernel_support import (
   E4M3,
@@ -149,11 +147,10 @@ class QuantizeTestBase(ImplementationTestBase):
       assert_bitwise(g, t, "kernel vs twin")
     lib_seed = jnp.uint32(0 if seed is None else seed)
     want = _library(x, lib_seed, fmt=Int8Block(block), rounding=rounding)
-    assert_bitwise(got[0], want[0], "kernel vs formats.quantize")
-    assert_bitwise(got[1], want[1], "kernel vs formats.quantize")
-    if transpose:  # the transposed copy is the same quantization
-      assert_bitwise(got[2], np.swapaxes(want[0], 1, 2), "transposed codes")
-      assert_bitwise(got[3], np.swapaxes(want[1], 1, 2), "transposed scales")
+    for i, w in enumerate(want):
+      assert_bitwise(got[i], w, "kernel vs formats.quantize")
+      if transpose:  # the transposed copy is the same quantization
+        assert_bitwise(got[i + 2], np.swapaxes(w, 1, 2), "transposed copy")
     assert int(np.min(np.asarray(got[0]))) >= -127
     return got
 
@@ -217,9 +214,7 @@ class QuantizeTestBase(ImplementationTestBase):
     seed = 4 if case.rounding == "stochastic" else None
     q, s = self.check_fp8(x, case.tile, case.dtype, case.rounding, seed)
     if case.tile is None:  # one NaN poisons the whole tensor
-      assert (
-        np.isnan(np.asarray(s)).all() and not np.asarray(q, np.float32).any()
-      )
+      assert np.isnan(s).all() and not np.asarray(q, np.float32).any()
 
   @cases("case", "dequantize_cases")
   def test_dequantize_matches_twin_and_formats(self, case):
@@ -242,40 +237,31 @@ class QuantizeTestBase(ImplementationTestBase):
       assert_bitwise(got, want, "kernel vs QTensor.dequantize")
 
   def test_bad_arguments_raise_with_names(self):
-    Q = self.kernels
-    x = jnp.ones((2, 8, 8))
-    with pytest.raises(
-      ValueError,
-      match=r"x has shape \(8, 8\) and dtype float32; expected a 3-D",
-    ):
+    Q, x = self.kernels, jnp.ones((2, 8, 8))
+    with raises(r"x has shape \(8, 8\) and dtype float32; expected a 3-D"):
       Q.quantize_int8_block(x[0], block=32)
-    with pytest.raises(
-      ValueError, match=r"x has shape \(2, 8, 8\) and dtype int32"
-    ):
+    with raises(r"x has shape \(2, 8, 8\) and dtype int32"):
       Q.quantize_int8_block(x.astype(jnp.int32), block=32)
     for block in (16, 48):
-      with pytest.raises(ValueError, match="block must be one of"):
+      with raises("block must be one of"):
         Q.quantize_int8_block(x, block=block)
-    with pytest.raises(ValueError, match="needs seed="):
+    with raises("needs seed="):
       Q.quantize_int8_block(x, block=32, rounding="stochastic")
-    with pytest.raises(ValueError, match="rounding must be"):
+    with raises("rounding must be"):
       Q.quantize_fp8(x, dtype=E4M3, tile=None, rounding="down")
-    with pytest.raises(
-      ValueError, match="dtype must be float8_e4m3fn or float8_e5m2"
-    ):
+    with raises("dtype must be float8_e4m3fn or float8_e5m2"):
       Q.quantize_fp8(x, dtype=jnp.int8, tile=None)
-    with pytest.raises(
-      NotImplementedError, match=r"tile \(None, 1\) has no quantize kernel"
+    with raises(
+      r"tile \(None, 1\) has no quantize kernel", NotImplementedError
     ):
       Q.quantize_fp8(x, dtype=E4M3, tile=(None, 1))
-    with pytest.raises(
-      ValueError,
-      match=r"s has shape \(2, 8, 1\).*expected float32 of shape \(2, 1, 1\)",
+    with raises(
+      r"s has shape \(2, 8, 1\).*expected float32 of shape \(2, 1, 1\)"
     ):
       q = jnp.zeros((2, 8, 8), E4M3)
       Q.dequantize(q, jnp.ones((2, 8, 1)), tile=(32, 32))
     for name, tile, match in self.unsupported_tiles:
-      with pytest.raises(NotImplementedError, match=match):
+      with raises(match, NotImplementedError):
         if name == "dequantize":
           s = jnp.ones((1, 8, 1), jnp.float32)
           Q.dequantize(jnp.zeros((1, 8, 8), E4M3), s, tile=tile)
@@ -287,15 +273,11 @@ class QuantizeTestBase(ImplementationTestBase):
     """From 1/d moved by up to 2 ulp (div.full's bound) back to RN(1/d), on
     random scales, powers of two and their predecessors (binade edges)."""
     rand = np.random.default_rng(0).integers(1 << 23, 0x7E800000, 20000)
-    pow2 = 2.0 ** np.arange(-125, 126, dtype=np.float64)
-    d = np.concatenate(
-      [
-        rand.astype(np.uint32).view(np.float32),
-        pow2.astype(np.float32),
-        np.nextafter(pow2.astype(np.float32), np.float32(0)),
-      ]
+    pow2 = (2.0 ** np.arange(-125, 126, dtype=np.float64)).astype(np.float32)
+    below = np.nextafter(pow2, np.float32(0))
+    d = jnp.asarray(
+      np.concatenate([rand.astype(np.uint32).view(np.float32), pow2, below])
     )
-    d = jnp.asarray(d)
     want = bits(jax.jit(numerics.reciprocal_rn)(d))
     for offset in (-2, -1, 0, 1, 2):
       r = lax.bitcast_convert_type(
@@ -307,15 +289,8 @@ class QuantizeTestBase(ImplementationTestBase):
   @requires("detects_races", "no race detector")
   def test_no_races_with_transpose(self):
     x = normal((1, 64, 128), seed=2)
-    self._run(
-      "quantize_int8_block",
-      x,
-      block=32,
-      rounding="stochastic",
-      seed=1,
-      transpose=True,
-      interpret=race_detector(),
-    )
+    kw = dict(block=32, rounding="stochastic", seed=1, transpose=True)
+    self._run("quantize_int8_block", x, **kw, interpret=race_detector())
     assert not races_found()
 
   @requires("detects_races", "no race detector")
@@ -323,14 +298,7 @@ class QuantizeTestBase(ImplementationTestBase):
     """The column reduction shares SMEM scratch across warps; the row scales
     go out of an SMEM row written by replicated lanes."""
     x = normal((1, 128, 128), seed=3)
+    kw = dict(dtype=E4M3, rounding="stochastic", seed=1)
     for tile in [(128, 1), (1, 128)]:
-      self._run(
-        "quantize_fp8",
-        x,
-        dtype=E4M3,
-        tile=tile,
-        rounding="stochastic",
-        seed=1,
-        interpret=race_detector(),
-      )
+      self._run("quantize_fp8", x, tile=tile, **kw, interpret=race_detector())
       assert not races_found(), tile

@@ -1,10 +1,7 @@
-"""Block-scaled INT8 GEMM kernels of every implementation: see
-int8_matmul_base.py.
+"""Block-scaled INT8 GEMM kernels of every implementation: int8_matmul_base.py.
 
-The portable Pallas kernel runs in the Pallas interpreter on three shapes;
-the Hopper kernel runs in the (slower) Mosaic GPU interpreter on fewer
-cases, and compiled on realistic shapes on the H200 (``ON_GPU``). Shapes are
-the ``ci`` and ``gpu`` ones of ``benchmarks/shapes.py``.
+The Pallas kernel runs on three shapes, the Hopper kernel on fewer cases
+(shapes: ``benchmarks/shapes.py``).
 """
 
 from benchmarks.shapes import shape
@@ -14,15 +11,19 @@ from tests.pallas_kernels.int8_matmul_base import (
   Int8MatmulTestBase,
   Int8OutCase,
 )
-from tests.pallas_kernels.kernel_support import ON_GPU
+from tests.pallas_kernels.kernel_support import MOSAIC_BMNK, ON_GPU
 
 NEAREST, SR = "nearest", "stochastic"
+TINY, TINY_K = shape("tiny_ragged").bmnk, shape("tiny_ragged_k").bmnk
+ALIGNED, RAGGED, EXACT = MOSAIC_BMNK
+SEEDS = {NEAREST: (None,), SR: (0, 77)}  # of the Pallas INT8-out cases
 
 
-def _by_shape_and_block(names, blocks):
+def _cases(blocks_by_shape, bmnk=lambda name: shape(name).bmnk):
+  """{"name-block": (bmnk, block)}."""
   return {
-    f"{name}-{block}": (shape(name).bmnk, block)
-    for name in names
+    f"{name}-{block}": (bmnk(name), block)
+    for name, blocks in blocks_by_shape.items()
     for block in blocks
   }
 
@@ -30,61 +31,35 @@ def _by_shape_and_block(names, blocks):
 class TestPallasInt8Matmul(Int8MatmulTestBase):
   kernels = pallas_int8_matmul
   interpret = True
-  exact_cases = general_cases = _by_shape_and_block(
-    ("tiny_aligned", "tiny_ragged", "tiny_ragged_k"), (32, 128)
+  exact_cases = general_cases = _cases(
+    dict.fromkeys(("tiny_aligned", "tiny_ragged", "tiny_ragged_k"), (32, 128))
   )
   same_bits_as_xla = True
-  bf16_case = (shape("tiny_ragged_k").bmnk, 128, False)
+  bf16_case = (TINY_K, 128, False)
   int8_out_cases = {
-    f"{block}-{rounding}": Int8OutCase(
-      shape("tiny_ragged").bmnk,
-      block,
-      32,
-      rounding,
-      exact=False,
-      seeds=(0, 77) if rounding == SR else (None,),
-    )
+    f"{block}-{r}": Int8OutCase(TINY, block, 32, r, False, SEEDS[r])
     for block in (32, 128)
-    for rounding in (NEAREST, SR)
-  } | {
-    "128-out128": Int8OutCase(
-      shape("tiny_ragged_k").bmnk, 128, 128, NEAREST, exact=False
-    )
-  }
-  nan_shape = shape("tiny_ragged").bmnk
+    for r in (NEAREST, SR)
+  } | {"128-out128": Int8OutCase(TINY_K, 128, 128, NEAREST, exact=False)}
+  nan_shape = TINY
   has_jetfire_helpers = True
 
 
-_GPU = {"aligned": "gpu_aligned", "ragged": "gpu_ragged", "exact": "gpu_exact"}
-_CPU = {"aligned": "small_aligned", "ragged": "small_ragged"}
-_CPU["exact"] = _CPU["aligned"]
-_MOSAIC = {k: shape(v).bmnk for k, v in (_GPU if ON_GPU else _CPU).items()}
+MOSAIC = dict(aligned=ALIGNED, ragged=RAGGED).get
 
 
 class TestMosaicInt8Matmul(Int8MatmulTestBase):
   kernels = mosaic_int8_matmul
   interpret = None  # the Mosaic GPU interpreter without a GPU
-  exact_cases = {
-    "aligned-32": (_MOSAIC["aligned"], 32),
-    "aligned-128": (_MOSAIC["aligned"], 128),
-    "ragged-32": (_MOSAIC["ragged"], 32),
-    "ragged-64": (_MOSAIC["ragged"], 64),
-  }
-  general_cases = {
-    "ragged-32": (_MOSAIC["ragged"], 32),
-    "ragged-128": (_MOSAIC["ragged"], 128),
-  }
+  exact_cases = _cases({"aligned": (32, 128), "ragged": (32, 64)}, MOSAIC)
+  general_cases = _cases({"ragged": (32, 128)}, MOSAIC)
   same_bits_as_xla = not ON_GPU  # the interpreter; a GPU may fuse FMAs
-  bf16_case = (_MOSAIC["aligned"], 128, True)
+  bf16_case = (ALIGNED, 128, True)
   int8_out_cases = {
-    "32-nearest": Int8OutCase(_MOSAIC["exact"], 32, 32, NEAREST, True),
-    "32-stochastic": Int8OutCase(
-      _MOSAIC["ragged"], 32, 32, SR, True, (2**32 - 3,)
-    ),
-    "128-out64-stochastic": Int8OutCase(
-      _MOSAIC["exact"], 128, 64, SR, True, (2**32 - 3,)
-    ),
+    "32-nearest": Int8OutCase(EXACT, 32, 32, NEAREST, True),
+    "32-stochastic": Int8OutCase(RAGGED, 32, 32, SR, True, (2**32 - 3,)),
+    "128-out64-stochastic": Int8OutCase(EXACT, 128, 64, SR, True, (2**32 - 3,)),
   }
-  nan_shape = _MOSAIC["aligned"]
+  nan_shape = ALIGNED
   unsupported_out_blocks = (128,)  # wider than a warpgroup's 64-row tile
-  race_shape = None if ON_GPU else _MOSAIC["aligned"]
+  race_shape = None if ON_GPU else ALIGNED

@@ -23,7 +23,8 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels import fp8_matmul as F
 from pallas_kernels import int8_matmul as I
 from pallas_kernels import quantize as Q
-from pallas_kernels._common import cdiv, cuda_lowering
+from pallas_kernels._common import cuda_lowering
+from tests.pallas_kernels.kernel_support import fp8_scale_shape
 
 B, M, N, K = 2, 200, 136, 328
 E4M3, E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
@@ -36,16 +37,13 @@ def S(shape, dtype=jnp.float32):
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def scale_struct(shape, tile):
-  b, r, k = shape
-  if tile is None:
-    return S((1, 1, 1))
-  if tile == (1, None):
-    return S((b, r, 1))
-  return S((b, cdiv(r, tile[0]), cdiv(k, tile[1])))
+def operand(shape, dtype, tile):
+  """(codes, scales) structs of a (B, R, K) operand over ``tile``."""
+  return S(shape, dtype), S(fp8_scale_shape(shape, tile))
 
 
-def _assert_lowers(fn, *args):
+def _assert_lowers(kernel, *args, **kw):
+  fn = functools.partial(kernel, interpret=False, **kw)
   with pytest.warns(DeprecationWarning, match="Pallas Triton backend"):
     with cuda_lowering():
       lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
@@ -62,30 +60,18 @@ QUANTIZE_INT8 = [
 
 @pytest.mark.parametrize("block, rounding, transpose, dtype", QUANTIZE_INT8)
 def test_quantize_int8_block(block, rounding, transpose, dtype):
-  fn = functools.partial(
-    Q.quantize_int8_block,
-    block=block,
-    rounding=rounding,
-    seed=1 if rounding == "stochastic" else None,
-    transpose=transpose,
-    interpret=False,
-  )
-  _assert_lowers(fn, S((B, M, K), dtype))
+  seed = 1 if rounding == "stochastic" else None
+  kw = dict(block=block, rounding=rounding, seed=seed, transpose=transpose)
+  _assert_lowers(Q.quantize_int8_block, S((B, M, K), dtype), **kw)
 
 
 @pytest.mark.parametrize("tile", FP8_TILES)
 @pytest.mark.parametrize("dtype", [E4M3, E5M2])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_quantize_fp8(tile, dtype, rounding):
-  fn = functools.partial(
-    Q.quantize_fp8,
-    dtype=dtype,
-    tile=tile,
-    rounding=rounding,
-    seed=1 if rounding == "stochastic" else None,
-    interpret=False,
-  )
-  _assert_lowers(fn, S((B, M, K), jnp.bfloat16))
+  seed = 1 if rounding == "stochastic" else None
+  kw = dict(dtype=dtype, tile=tile, rounding=rounding, seed=seed)
+  _assert_lowers(Q.quantize_fp8, S((B, M, K), jnp.bfloat16), **kw)
 
 
 DEQUANTIZE = [(jnp.int8, (b, b)) for b in (32, 64, 128)] + [
@@ -96,10 +82,8 @@ DEQUANTIZE = [(jnp.int8, (b, b)) for b in (32, 64, 128)] + [
 @pytest.mark.parametrize("dtype, tile", DEQUANTIZE)
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 def test_dequantize(dtype, tile, out_dtype):
-  fn = functools.partial(
-    Q.dequantize, tile=tile, out_dtype=out_dtype, interpret=False
-  )
-  _assert_lowers(fn, S((B, M, K), dtype), scale_struct((B, M, K), tile))
+  args = operand((B, M, K), dtype, tile)
+  _assert_lowers(Q.dequantize, *args, tile=tile, out_dtype=out_dtype)
 
 
 INT8_OUTPUTS = [
@@ -116,12 +100,9 @@ INT8_OUTPUTS = [
 @pytest.mark.parametrize("block", [32, 64, 128])
 @pytest.mark.parametrize("out", INT8_OUTPUTS, ids=str)
 def test_int8_block_matmul(block, out):
-  fn = functools.partial(
-    I.int8_block_matmul, block=block, interpret=False, **out
-  )
-  a = (S((B, M, K), jnp.int8), scale_struct((B, M, K), (block, block)))
-  b = (S((B, N, K), jnp.int8), scale_struct((B, N, K), (block, block)))
-  _assert_lowers(fn, *a, *b)
+  a = operand((B, M, K), jnp.int8, (block, block))
+  b = operand((B, N, K), jnp.int8, (block, block))
+  _assert_lowers(I.int8_block_matmul, *a, *b, block=block, **out)
 
 
 FP8_TILE_PAIRS = [(None, None), ((1, None), (1, None))] + [
@@ -133,13 +114,9 @@ FP8_TILE_PAIRS = [(None, None), ((1, None), (1, None))] + [
 @pytest.mark.parametrize("a_dtype, b_dtype", F.DTYPE_PAIRS, ids=str)
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 def test_fp8_matmul(a_tile, b_tile, a_dtype, b_dtype, out_dtype):
-  fn = functools.partial(
-    F.fp8_matmul,
-    a_tile=a_tile,
-    b_tile=b_tile,
-    out_dtype=out_dtype,
-    interpret=False,
+  a, b = (
+    operand((B, M, K), a_dtype, a_tile),
+    operand((B, N, K), b_dtype, b_tile),
   )
-  a = (S((B, M, K), a_dtype), scale_struct((B, M, K), a_tile))
-  b = (S((B, N, K), b_dtype), scale_struct((B, N, K), b_tile))
-  _assert_lowers(fn, *a, *b)
+  kw = dict(a_tile=a_tile, b_tile=b_tile, out_dtype=out_dtype)
+  _assert_lowers(F.fp8_matmul, *a, *b, **kw)

@@ -8,6 +8,7 @@ be refused by our own checks first, with a message naming the rule.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,54 +20,41 @@ from pallas_kernels.mosaic import quantize as mosaic_quantize
 from pallas_kernels.mosaic._config import CANDIDATE_KERNELS, candidate_configs
 from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
 from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
+from tests.pallas_kernels.kernel_support import E4M3, E5M2, fp8_scale_shape
 
-CUSTOM_CALL = "mosaic_gpu"
 SHAPE = (1, 256, 512, 512)  # B, M, N, K: several CTA tiles per SM loop
 RAGGED = (2, 200, 328, 416)
+QUANTIZE_SHAPE = (1, 256, 512)  # B, M, K: several CTA bands
+QUANTIZE_RAGGED = (2, 70, 45)
 
 
-def _lowered_text(fn, *args) -> str:
+def _lowers(kernel, *args, **kw) -> bool:
+  """Whether ``kernel(*args, **kw)`` lowers to a Mosaic GPU custom call."""
+  fn = functools.partial(kernel, interpret=False, **kw)
   with cuda_lowering():
     lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
-  return lowered.as_text()
+  return "mosaic_gpu" in lowered.as_text()
+
+
+def _fp8_args(shape, a_tile, b_tile, a_dtype, b_dtype=E4M3):
+  """Zero codes and unit scales of a (B, M, N, K) GEMM over the tiles."""
+  b, m, n, k = shape
+  args = []
+  for rows, tile, dtype in ((m, a_tile, a_dtype), (n, b_tile, b_dtype)):
+    s = fp8_scale_shape((b, rows, k), tile)
+    args += [jnp.zeros((b, rows, k), dtype), jnp.ones(s, jnp.float32)]
+  return args
 
 
 def _int8_args(shape, block):
-  bsz, m, n, k = shape
-  cd = lambda r: -(-r // block)  # noqa: E731
-  return (
-    jnp.zeros((bsz, m, k), jnp.int8),
-    jnp.ones((bsz, cd(m), cd(k)), jnp.float32),
-    jnp.zeros((bsz, n, k), jnp.int8),
-    jnp.ones((bsz, cd(n), cd(k)), jnp.float32),
-  )
-
-
-def _fp8_args(shape, a_tile, b_tile, a_dtype):
-  bsz, m, n, k = shape
-
-  def scale(rows, tile):
-    if tile is None:
-      return jnp.ones((1, 1, 1), jnp.float32)
-    tr, tc = tile
-    cols = 1 if tc is None else -(-k // tc)
-    return jnp.ones((bsz, -(-rows // tr), cols), jnp.float32)
-
-  return (
-    jnp.zeros((bsz, m, k), a_dtype),
-    scale(m, a_tile),
-    jnp.zeros((bsz, n, k), jnp.float8_e4m3fn),
-    scale(n, b_tile),
-  )
+  return _fp8_args(shape, (block, block), (block, block), jnp.int8, jnp.int8)
 
 
 @pytest.mark.parametrize("block", [32, 64, 128])
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 def test_int8_block_matmul_lowers(block, out_dtype):
-  fn = lambda *x: int8_block_matmul(  # noqa: E731
-    *x, block=block, out_dtype=out_dtype, interpret=False
-  )
-  assert CUSTOM_CALL in _lowered_text(fn, *_int8_args(SHAPE, block))
+  args = _int8_args(SHAPE, block)
+  assert _lowers(int8_block_matmul, *args, block=block, out_dtype=out_dtype)
 
 
 @pytest.mark.parametrize(
@@ -80,51 +68,37 @@ def test_int8_block_matmul_lowers(block, out_dtype):
   ],
 )
 def test_int8_out_epilogue_lowers(block, out_block, rounding):
-  fn = lambda *x: int8_block_matmul(  # noqa: E731
-    *x,
-    block=block,
-    out_block=out_block,
-    out_rounding=rounding,
-    seed=jnp.uint32(5),
-    interpret=False,
-  )
-  assert CUSTOM_CALL in _lowered_text(fn, *_int8_args(SHAPE, block))
+  kw = dict(block=block, out_block=out_block, out_rounding=rounding)
+  args = _int8_args(SHAPE, block)
+  assert _lowers(int8_block_matmul, *args, **kw, seed=jnp.uint32(5))
 
 
 def test_ragged_int8_out_epilogue_lowers():
-  fn = lambda *x: int8_block_matmul(  # noqa: E731
-    *x, block=32, out_block=32, interpret=False
-  )
-  assert CUSTOM_CALL in _lowered_text(fn, *_int8_args(RAGGED, 32))
+  args = _int8_args(RAGGED, 32)
+  assert _lowers(int8_block_matmul, *args, block=32, out_block=32)
 
 
 FP8_CASES = [
-  (None, None, jnp.float8_e4m3fn, jnp.bfloat16),
-  (None, None, jnp.float8_e5m2, jnp.float32),
-  ((1, None), (1, None), jnp.float8_e4m3fn, jnp.float32),
-  ((1, 128), (128, 128), jnp.float8_e4m3fn, jnp.bfloat16),
-  ((1, 128), (128, 128), jnp.float8_e5m2, jnp.float32),
-  ((1, 128), (1, 128), jnp.float8_e4m3fn, jnp.float32),
+  (None, None, E4M3, jnp.bfloat16),
+  (None, None, E5M2, jnp.float32),
+  ((1, None), (1, None), E4M3, jnp.float32),
+  ((1, 128), (128, 128), E4M3, jnp.bfloat16),
+  ((1, 128), (128, 128), E5M2, jnp.float32),
+  ((1, 128), (1, 128), E4M3, jnp.float32),
 ]
 
 
 @pytest.mark.parametrize("a_tile,b_tile,a_dtype,out_dtype", FP8_CASES)
 def test_fp8_matmul_lowers(a_tile, b_tile, a_dtype, out_dtype):
-  fn = lambda *x: fp8_matmul(  # noqa: E731
-    *x, a_tile=a_tile, b_tile=b_tile, out_dtype=out_dtype, interpret=False
-  )
   args = _fp8_args(SHAPE, a_tile, b_tile, a_dtype)
-  assert CUSTOM_CALL in _lowered_text(fn, *args)
+  kw = dict(a_tile=a_tile, b_tile=b_tile, out_dtype=out_dtype)
+  assert _lowers(fp8_matmul, *args, **kw)
 
 
 def test_ragged_shapes_lower():
-  fn = lambda *x: int8_block_matmul(*x, block=32, interpret=False)  # noqa: E731
-  assert CUSTOM_CALL in _lowered_text(fn, *_int8_args(RAGGED, 32))
-  fn = lambda *x: fp8_matmul(  # noqa: E731
-    *x, a_tile=None, b_tile=None, interpret=False
-  )
-  args = _fp8_args(RAGGED, None, None, jnp.float8_e4m3fn)
-  assert CUSTOM_CALL in _lowered_text(fn, *args)
+  assert _lowers(int8_block_matmul, *_int8_args(RAGGED, 32), block=32)
+  args = _fp8_args(RAGGED, None, None, E4M3)
+  assert _lowers(fp8_matmul, *args, a_tile=None, b_tile=None)
 
 
 @pytest.mark.parametrize(
@@ -140,28 +114,20 @@ def test_ragged_shapes_lower():
 def test_configs_that_break_hardware_rules_are_refused(change, message):
   base = default_config(promoted=True, n_sub=4, out_itemsize=4)
   config = dataclasses.replace(base, **change)
-  fn = lambda *x: int8_block_matmul(  # noqa: E731
-    *x, block=32, interpret=False, config=config
-  )
   with pytest.raises(ValueError, match=message):
-    _lowered_text(fn, *_int8_args(SHAPE, 32))
+    _lowers(int8_block_matmul, *_int8_args(SHAPE, 32), block=32, config=config)
 
 
 def test_k_steps_must_hold_whole_promoted_blocks():
-  config = TuningConfig(tile_k=64)
-  fn = lambda *x: int8_block_matmul(  # noqa: E731
-    *x, block=128, interpret=False, config=config
-  )
+  config, args = TuningConfig(tile_k=64), _int8_args(SHAPE, 128)
   with pytest.raises(ValueError, match="multiple of the 128-wide K blocks"):
-    _lowered_text(fn, *_int8_args(SHAPE, 128))
+    _lowers(int8_block_matmul, *args, block=128, config=config)
 
 
 def test_default_configs_fit_the_hardware():
   for promoted, n_sub in ((True, 4), (True, 1), (False, 1)):
-    for itemsize in (2, 4):
-      config = default_config(
-        promoted=promoted, n_sub=n_sub, out_itemsize=itemsize
-      )
+    for size in (2, 4):
+      config = default_config(promoted=promoted, n_sub=n_sub, out_itemsize=size)
       assert isinstance(config, TuningConfig)
       assert config.max_concurrent_steps >= 3
   for n_sub in (4, 1):  # the INT8-out epilogue stages its tiles in SMEM
@@ -177,49 +143,32 @@ def test_candidate_configs_lower():
   # must lower here first.
   for kernel in CANDIDATE_KERNELS:
     for config in candidate_configs(kernel):
+      kw = dict(out_dtype=jnp.bfloat16, config=config)
       if kernel.startswith("int8"):
-        block = int(kernel.removeprefix("int8_block"))
-        fn = lambda *x, b=block, c=config: int8_block_matmul(  # noqa: E731
-          *x, block=b, out_dtype=jnp.bfloat16, interpret=False, config=c
-        )
-        args = _int8_args(SHAPE, block)
+        kw["block"] = int(kernel.removeprefix("int8_block"))
+        args, fn = _int8_args(SHAPE, kw["block"]), int8_block_matmul
       else:
-        a_tile, b_tile = (
-          (None, None) if kernel == "fp8_tensor" else ((1, 128), (128, 128))
-        )
-        fn = lambda *x, a=a_tile, b=b_tile, c=config: fp8_matmul(  # noqa: E731
-          *x,
-          a_tile=a,
-          b_tile=b,
-          out_dtype=jnp.bfloat16,
-          interpret=False,
-          config=c,
-        )
-        args = _fp8_args(SHAPE, a_tile, b_tile, jnp.float8_e4m3fn)
-      assert CUSTOM_CALL in _lowered_text(fn, *args), (kernel, config)
-
-
-QUANTIZE_SHAPE = (1, 256, 512)  # B, M, K: several CTA bands
+        per_tensor = kernel == "fp8_tensor"
+        tiles = (None, None) if per_tensor else ((1, 128), (128, 128))
+        kw.update(a_tile=tiles[0], b_tile=tiles[1])
+        args, fn = _fp8_args(SHAPE, *tiles, E4M3), fp8_matmul
+      assert _lowers(fn, *args, **kw), (kernel, config)
 
 
 @pytest.mark.parametrize("block", [32, 64, 128])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_quantize_int8_block_with_transpose_lowers(block, rounding):
-  fn = lambda x: mosaic_quantize.quantize_int8_block(  # noqa: E731
-    x, block=block, rounding=rounding, seed=3, transpose=True, interpret=False
-  )
+  kw = dict(block=block, rounding=rounding, seed=3, transpose=True)
   x = jnp.zeros(QUANTIZE_SHAPE, jnp.bfloat16)
-  assert CUSTOM_CALL in _lowered_text(fn, x)
+  assert _lowers(mosaic_quantize.quantize_int8_block, x, **kw)
 
 
 @pytest.mark.parametrize("tile", [None, (32, 32), (128, 128)])
-@pytest.mark.parametrize("dtype", [jnp.float8_e4m3fn, jnp.float8_e5m2])
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
 def test_quantize_fp8_lowers(tile, dtype):
-  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
-    x, dtype=dtype, tile=tile, rounding="stochastic", seed=1, interpret=False
-  )
+  kw = dict(dtype=dtype, tile=tile, rounding="stochastic", seed=1)
   x = jnp.zeros(QUANTIZE_SHAPE, jnp.float32)
-  assert CUSTOM_CALL in _lowered_text(fn, x)
+  assert _lowers(mosaic_quantize.quantize_fp8, x, **kw)
 
 
 @pytest.mark.parametrize(
@@ -227,45 +176,28 @@ def test_quantize_fp8_lowers(tile, dtype):
 )
 @pytest.mark.parametrize("x_dtype", [jnp.float32, jnp.bfloat16])
 def test_quantize_fp8_rows_and_groups_lower(tile, x_dtype):
-  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
-    x,
-    dtype=jnp.float8_e5m2,
-    tile=tile,
-    rounding="stochastic",
-    seed=1,
-    interpret=False,
-  )
-  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros(QUANTIZE_SHAPE, x_dtype))
+  kw = dict(dtype=E5M2, tile=tile, rounding="stochastic", seed=1)
+  x = jnp.zeros(QUANTIZE_SHAPE, x_dtype)
+  assert _lowers(mosaic_quantize.quantize_fp8, x, **kw)
 
 
 @pytest.mark.parametrize("tile", [(1, None), (1, 128), (256, 1)])
 def test_ragged_fp8_rows_and_groups_lower(tile):
-  fn = lambda x: mosaic_quantize.quantize_fp8(  # noqa: E731
-    x, dtype=jnp.float8_e4m3fn, tile=tile, interpret=False
-  )
-  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros((2, 70, 45), jnp.float16))
+  x = jnp.zeros(QUANTIZE_RAGGED, jnp.float16)
+  assert _lowers(mosaic_quantize.quantize_fp8, x, dtype=E4M3, tile=tile)
 
 
 @pytest.mark.parametrize(
-  "tile,code_dtype",
-  [
-    (None, jnp.float8_e4m3fn),
-    ((128, 128), jnp.float8_e5m2),
-    ((32, 32), jnp.int8),
-  ],
+  "tile,code_dtype", [(None, E4M3), ((128, 128), E5M2), ((32, 32), jnp.int8)]
 )
 def test_dequantize_lowers(tile, code_dtype):
   b, m, k = QUANTIZE_SHAPE
   s = (1, 1, 1) if tile is None else (b, m // tile[0], k // tile[0])
-  fn = lambda q, s: mosaic_quantize.dequantize(  # noqa: E731
-    q, s, tile=tile, out_dtype=jnp.bfloat16, interpret=False
-  )
   args = (jnp.zeros(QUANTIZE_SHAPE, code_dtype), jnp.ones(s, jnp.float32))
-  assert CUSTOM_CALL in _lowered_text(fn, *args)
+  kw = dict(tile=tile, out_dtype=jnp.bfloat16)
+  assert _lowers(mosaic_quantize.dequantize, *args, **kw)
 
 
 def test_ragged_quantize_lowers():
-  fn = lambda x: mosaic_quantize.quantize_int8_block(  # noqa: E731
-    x, block=32, transpose=True, interpret=False
-  )
-  assert CUSTOM_CALL in _lowered_text(fn, jnp.zeros((2, 70, 45), jnp.float16))
+  x, kw = jnp.zeros(QUANTIZE_RAGGED, jnp.float16), dict(transpose=True)
+  assert _lowers(mosaic_quantize.quantize_int8_block, x, block=32, **kw)

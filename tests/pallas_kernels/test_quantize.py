@@ -1,9 +1,7 @@
 """Quantize/dequantize kernels of every implementation: quantize_base.py.
 
-The portable Pallas kernels run in the Pallas interpreter on the cases of
-the original suite; the Mosaic GPU kernels run in the (slower) Mosaic GPU
-interpreter on fewer, smaller cases with special values folded into the
-sweeps, and compiled on realistic shapes on the H200 (``ON_GPU``).
+The Pallas kernels run the cases of the original suite; the Mosaic GPU ones
+fewer, smaller cases, with special values folded into the sweeps.
 """
 
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ from tests.pallas_kernels.quantize_base import (
 )
 
 NEAREST, SR = "nearest", "stochastic"
+BF16, F32 = jnp.bfloat16, jnp.float32
 
 
 class TestPallasQuantize(QuantizeTestBase):
@@ -52,65 +51,42 @@ class TestPallasQuantize(QuantizeTestBase):
     key: DequantizeCase(c.dtype, c.tile, c.rounding, c.shape)
     for key, c in fp8_cases.items()
   } | {
-    "int8-32x32": DequantizeCase(
-      "int8", (32, 32), NEAREST, ragged, (jnp.float32, jnp.bfloat16)
-    )
+    "int8-32x32": DequantizeCase("int8", (32, 32), NEAREST, ragged, (F32, BF16))
   }
 
 
 class TestMosaicQuantize(QuantizeTestBase):
   kernels = mosaic_quantize
   interpret = None  # the Mosaic GPU interpreter without a GPU
-  if ON_GPU:
-    aligned, ragged = (1, 2048, 4096), (2, 1000, 1000)
-  else:
-    aligned, ragged = (1, 64, 256), (2, 70, 45)
+  aligned = (1, 2048, 4096) if ON_GPU else (1, 64, 256)
+  ragged = (2, 1000, 1000) if ON_GPU else (2, 70, 45)
   sweep_with_special_values = True
   sr_seeds = (2**32 - 1,)
   # Square blocks and per-tensor on bf16 x; per-row, 1 x G and G x 1 scales
   # (row/column reductions in the WGMMA layout) with special values, ragged
   # but for one aligned bf16 case; per-tensor and 1 x 128 on ragged f32 x.
-  fp8_cases = (
-    fp8_case_table(
-      [(tile, E4M3, NEAREST) for tile in (None, (128, 128))]
-      + [(tile, E5M2, SR) for tile in (None, (128, 128))],
-      shape=aligned,
-      x_dtype=jnp.bfloat16,
-    )
-    | fp8_case_table(
-      [((32, 32), E4M3, NEAREST), ((32, 32), E5M2, SR)],
-      shape=ragged,
-      x_dtype=jnp.bfloat16,
-    )
-    | fp8_case_table(
-      [((1, 128), E4M3, NEAREST)],
-      shape=aligned,
-      x_dtype=jnp.bfloat16,
-      specials=True,
-    )
-    | fp8_case_table(
-      [
-        ((1, None), E5M2, SR),
-        ((1, 128), E5M2, SR),
-        ((1, 32), E4M3, NEAREST),
-        ((128, 1), E5M2, SR),
-        ((64, 1), E4M3, NEAREST),
-      ],
-      shape=ragged,
-      specials=True,
-    )
-    | fp8_case_table(
-      [(None, E4M3, NEAREST), ((1, 128), E4M3, SR)], shape=ragged
-    )
+  fp8_cases = fp8_case_table(
+    [  # tile, dtype, rounding, shape, x dtype, with special values
+      (None, E4M3, NEAREST, aligned, BF16),
+      ((128, 128), E4M3, NEAREST, aligned, BF16),
+      (None, E5M2, SR, aligned, BF16),
+      ((128, 128), E5M2, SR, aligned, BF16),
+      ((32, 32), E4M3, NEAREST, ragged, BF16),
+      ((32, 32), E5M2, SR, ragged, BF16),
+      ((1, 128), E4M3, NEAREST, aligned, BF16, True),
+      ((1, None), E5M2, SR, ragged, F32, True),
+      ((1, 128), E5M2, SR, ragged, F32, True),
+      ((1, 32), E4M3, NEAREST, ragged, F32, True),
+      ((128, 1), E5M2, SR, ragged, F32, True),
+      ((64, 1), E4M3, NEAREST, ragged, F32, True),
+      (None, E4M3, NEAREST, ragged),
+      ((1, 128), E4M3, SR, ragged),
+    ]
   )
   fp8_special_cases = {"tensor": Fp8Case(None, E4M3, NEAREST, ragged)}
   dequantize_cases = {
-    "tensor": DequantizeCase(
-      E4M3, None, NEAREST, ragged, (jnp.float32, jnp.bfloat16)
-    ),
-    "32x32": DequantizeCase(
-      E4M3, (32, 32), NEAREST, ragged, (jnp.float32, jnp.bfloat16)
-    ),
+    "tensor": DequantizeCase(E4M3, None, NEAREST, ragged, (F32, BF16)),
+    "32x32": DequantizeCase(E4M3, (32, 32), NEAREST, ragged, (F32, BF16)),
   }
   unsupported_tiles = (
     ("quantize_fp8", (1, 16), r"\(1, 16\)"),

@@ -19,6 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import numerics as R
+from tests.pallas_kernels.kernel_support import bits
 
 F8 = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
 
@@ -66,15 +67,10 @@ def _oracle_scale(absmax, qmax):
   return np.where(np.isfinite(absmax), scale, np.float32(np.nan))
 
 
-def _bits(x) -> np.ndarray:
-  x = np.asarray(x)
-  return x.view({1: np.uint8, 4: np.uint32}[x.dtype.itemsize])
-
-
 def _assert_same_bits(got, want, ignore_nan=True):
   got, want = np.asarray(got), np.asarray(want)
   assert got.dtype == want.dtype and got.shape == want.shape
-  same = _bits(got) == _bits(want)
+  same = bits(got) == bits(want)
   if ignore_nan:
     same |= np.isnan(want.astype(np.float32)) & np.isnan(got.astype(np.float32))
   bad = np.flatnonzero(~same)
@@ -96,8 +92,8 @@ def _with_neighbours(values) -> np.ndarray:
 
 
 def _bit_sweep() -> np.ndarray:
-  bits = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32)
-  return bits.view(np.float32)
+  patterns = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32)
+  return patterns.view(np.float32)
 
 
 def _integer_edges() -> np.ndarray:
