@@ -9,7 +9,18 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 DEMO_OUT ?= train/results/demo
 DEMO_STEPS ?= 300
 
-.PHONY: setup lint test demo clean
+# The offline-compile tier (no GPU; a separate venv with the CUDA plugin and
+# ptxas, about 1.5 GB): make ptxas compiles every shipped Mosaic GPU kernel
+# for sm_90a and checks registers, spills and shared memory
+# (benchmarks/ptxas.py); make traffic compiles one Linear's fwd+bwd per
+# recipe for an H200 and checks its HBM ledger (benchmarks/traffic.py).
+GPUC := .venv-gpuc
+GPUC_STAMP := $(GPUC)/.installed-jax-0.11.2
+GPUC_BIN = $(wildcard $(GPUC)/lib/python3*/site-packages/nvidia/cu13/bin)
+FAKECUDA := build/fakecuda/libcuda.so.1
+OFFLINE_OUT ?= build/offline
+
+.PHONY: setup lint test demo ptxas traffic clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || \
@@ -33,5 +44,23 @@ demo: setup
 	  --steps $(DEMO_STEPS) \
 	  --out $(DEMO_OUT) --fresh
 
+$(GPUC_STAMP):
+	test -x $(GPUC)/bin/python || $(PYTHON) -m venv $(GPUC)
+	$(GPUC)/bin/pip install --quiet --disable-pip-version-check jax==0.11.2 \
+	  jaxlib==0.11.2 jax-cuda13-plugin==0.11.2 jax-cuda13-pjrt==0.11.2 \
+	  nvidia-cuda-nvcc nvidia-cuda-nvdisasm flax==0.12.12 optax==0.2.8
+	touch $(GPUC_STAMP)
+
+$(FAKECUDA): benchmarks/offline/fakecuda.c
+	mkdir -p $(dir $@) && gcc -shared -fPIC -o $@ $<
+
+ptxas: setup $(GPUC_STAMP)
+	$(PY) -m benchmarks.ptxas --venv $(GPUC) --check --out $(OFFLINE_OUT)
+
+traffic: $(GPUC_STAMP) $(FAKECUDA)
+	JAX_PLATFORMS=cpu PYTHONPATH=. LD_LIBRARY_PATH=$(abspath $(dir $(FAKECUDA))) \
+	  PATH=$(abspath $(GPUC_BIN)):$$PATH \
+	  $(GPUC)/bin/python -m benchmarks.traffic --check --out $(OFFLINE_OUT)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(GPUC) .pytest_cache .ruff_cache *.egg-info

@@ -61,13 +61,16 @@ def target_checks(rows, quantize, shape) -> list[dict]:
   ours = _find(rows, shape, "fp8_current", "mosaic")
   xla = _find(rows, shape, "fp8_current", "xla_fp8")
   both = ours and xla and ours["status"] == xla["status"] == "ok"
-  checks.append(
-    {
-      "target": "fp8_current mosaic fwd+bwd no slower than XLA's own fp8",
-      "value": xla["median_s"] / ours["median_s"] if both else None,
-      "passed": ours["median_s"] <= xla["median_s"] if both else None,
-    }
-  )
+  peer = xla.get("fp8_gemm_path") if both else None
+  check = {
+    "target": "fp8_current mosaic fwd+bwd no slower than XLA's own fp8",
+    "value": xla["median_s"] / ours["median_s"] if both else None,
+    "passed": ours["median_s"] <= xla["median_s"] if both else None,
+    "peer_gemm_path": peer,
+  }
+  if both and peer is None:  # the peer multiplied in bf16: no FP8 baseline
+    check.update(passed=False, status="peer ran no FP8 GEMM")
+  checks.append(check)
   b32 = _find(rows, shape, "jetfire_int8", "mosaic")
   checks.append(
     {

@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
+from pallas_kernels.backend import target_backend
 
 
 class Implementation(abc.ABC):
@@ -74,8 +74,7 @@ class ImplementationRegistry:
 
   def _candidates(self, implementation) -> list[Implementation]:
     if implementation is None:
-      backend = jax.default_backend()
-      names = self.auto.get(backend, self.default_auto)
+      names = self.auto.get(target_backend(), self.default_auto)
       return [self.get(name) for name in names]
     if isinstance(implementation, (str, Implementation)):
       implementation = (implementation,)
@@ -117,7 +116,7 @@ class ImplementationRegistry:
         f"{what}: {reasons[0][1]}"
       )
     if implementation is None:
-      asked = f"no implementation on backend {jax.default_backend()!r} can"
+      asked = f"no implementation on backend {target_backend()!r} can"
     else:
       asked = f"none of implementation={tuple(n for n, _ in reasons)} can"
     listed = " | ".join(f"{name}: {reason}" for name, reason in reasons)

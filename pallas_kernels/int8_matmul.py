@@ -30,7 +30,7 @@ from jax import Array
 from pallas_kernels import _matmul_core as core
 from pallas_kernels import checks as C
 from pallas_kernels import tiles
-from pallas_kernels._common import resolve_interpret
+from pallas_kernels.backend import resolve_interpret
 from pallas_kernels.matmul_reference import scaled_matmul
 from pallas_kernels.numerics import NumberGrid
 from pallas_kernels.quantize_reference import quantize_array

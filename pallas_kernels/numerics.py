@@ -351,8 +351,10 @@ def tile_scale(
     qmax: the grid maximum.
     scale_dtype: float32, or bfloat16 to round the scale up to a bf16 value
       (and the cap down to one), so it is stored exactly; returned as f32.
-    reciprocal: :func:`reciprocal_rn`, or :func:`divided_reciprocal` inside
-      Mosaic GPU kernels (the same bits).
+    reciprocal: :func:`reciprocal_rn` (integer arithmetic only: inside
+      portable kernels), or :func:`divided_reciprocal` (the same bits) in
+      XLA, where the 25-step loop would run as 25 kernel launches on a GPU,
+      and inside Mosaic GPU kernels.
   """
   scale = jnp.maximum(absmax * np.float32(1.0 / qmax), SCALE_FLOOR)
   if np.dtype(scale_dtype) == np.dtype(jnp.bfloat16):

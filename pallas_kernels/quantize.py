@@ -39,10 +39,11 @@ from jax.experimental import pallas as pl
 from pallas_kernels import _layout as L
 from pallas_kernels import checks as C
 from pallas_kernels import tiles
-from pallas_kernels._common import resolve_interpret
+from pallas_kernels.backend import resolve_interpret
 from pallas_kernels.numerics import (
   F32_MAX,
   NumberGrid,
+  divided_reciprocal,
   finite_absmax,
   tile_scale,
 )
@@ -214,7 +215,10 @@ def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
   else:
     absmax = jnp.max(partial).reshape(1, 1, 1)
   ok = absmax <= F32_MAX
-  scale, inverse = tile_scale(jnp.where(ok, absmax, 0.0), ok, grid.qmax)
+  # In XLA, between the two kernels: division corrected exactly (no loop).
+  scale, inverse = tile_scale(
+    jnp.where(ok, absmax, 0.0), ok, grid.qmax, reciprocal=divided_reciprocal
+  )
   args, in_specs = _seeded(
     [x, inverse], [layout.tile_spec(), layout.scale_spec()], seed
   )

@@ -21,6 +21,7 @@ from pallas_kernels import tiles
 from pallas_kernels.numerics import (
   F32_MAX,
   NumberGrid,
+  divided_reciprocal,
   random_bits,
   tile_scale,
   uniform_from_bits,
@@ -65,7 +66,13 @@ def quantize_array(
   """
   x32 = x.astype(jnp.float32)
   absmax, ok = tiles.tile_absmax(x32, tile)
-  scale, inverse = tile_scale(absmax, ok, grid.qmax, scale_dtype=scale_dtype)
+  scale, inverse = tile_scale(
+    absmax,
+    ok,
+    grid.qmax,
+    scale_dtype=scale_dtype,
+    reciprocal=divided_reciprocal,
+  )
   inverse = tiles.expand_scale(inverse, tile, x.shape)
   u = None
   if seed is not None:

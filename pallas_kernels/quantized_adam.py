@@ -36,7 +36,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import moment_codecs as mc
-from pallas_kernels._common import cdiv, resolve_interpret
+from pallas_kernels._common import cdiv
+from pallas_kernels.backend import resolve_interpret
 
 HYPER_SIZE = 16  # the hyper-parameter vector, padded to a power of two
 _B1, _1MB1, _B2, _1MB2, _EPS, _EPS_ROOT, _BC1, _BC2, _BC1_NEXT = range(9)

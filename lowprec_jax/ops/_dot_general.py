@@ -318,27 +318,34 @@ def quantized_dot_general(
     )
   seed = as_seed(seed) if seed is not None else jnp.zeros((), jnp.uint32)
   impl = _dispatch.resolve(implementation, config)
-  if jax.sharding.get_abstract_mesh().explicit_axes:
-    # Sharding-in-types: quantize and multiply with the mesh axes in auto
-    # mode and give the result exactly the sharding lax.dot_general would.
-    expected = jax.eval_shape(
+  explicit = jax.sharding.get_abstract_mesh().explicit_axes
+  if explicit:
+    # The type lax.dot_general would give (traced aside: adds no equation;
+    # unlike eval_shape, it keeps the sharding under an abstract mesh).
+    expected = jax.make_jaxpr(
       lambda a, b: lax.dot_general(
         a,
         b,
         dimension_numbers,
         preferred_element_type=out_dtype,
         out_sharding=out_sharding,
-      ),
-      lhs,
-      rhs,
-    )
+      )
+    )(lhs, rhs).out_avals[0]
+    # Operands that carry no explicit axis (e.g. unsharded inputs under
+    # cuda_lowering's mesh) need no auto region.
+    explicit = expected.sharding.mesh.explicit_axes
+  if explicit:
+    # Sharding-in-types: quantize and multiply with the mesh axes in auto
+    # mode and give the result exactly the sharding lax.dot_general would.
+    # (The seed is an argument, not a closure: a captured array would keep
+    # the explicit mesh inside the auto region.)
     run = jax.sharding.auto_axes(
-      lambda a, b: _quantized(
-        a, b, layout, seed, config, impl, out_dtype, precision
+      lambda a, b, s: _quantized(
+        a, b, layout, s, config, impl, out_dtype, precision
       ),
       out_sharding=expected.sharding,
     )
-    return run(lhs, rhs)
+    return run(lhs, rhs, seed)
   out = _quantized(lhs, rhs, layout, seed, config, impl, out_dtype, precision)
   if out_sharding is not None:
     out = lax.with_sharding_constraint(out, out_sharding)

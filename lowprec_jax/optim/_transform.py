@@ -9,6 +9,7 @@ that tensor for ``"xla"``).
 """
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -19,6 +20,7 @@ from jax import Array
 from lowprec_jax import _implementations as impls
 from lowprec_jax.optim import _moment_formats as mf
 from lowprec_jax.optim import _sharding
+from pallas_kernels import backend
 from pallas_kernels import moment_codecs as mc
 from pallas_kernels import quantized_adam as qa
 
@@ -84,10 +86,12 @@ def scale_by_adam_quantized(
     implementation: ``"xla"`` (plain jnp), ``"pallas"`` (one fused kernel per
       tensor, interpreted on CPU; needs a quantized format), an
       implementation object, a sequence of them (the first that can run the
-      formats is used), or None (``("pallas", "xla")`` on a GPU, else
-      ``"xla"``). Both give the same bits on CPU (tested); compiled Triton
-      kernels may contract multiply-adds and use their own exp2/log2, so
-      on a GPU they agree to rounding, not bit for bit. XLA cannot
+      formats is used), or None (``("pallas", "xla")`` for a GPU, else
+      ``"xla"``; chosen when the update is traced, so a program lowered for
+      CUDA on a CPU host gets the GPU's choice). Both give the same bits on
+      CPU (tested); compiled Triton kernels may contract multiply-adds and
+      use their own exp2/log2, so on a GPU they agree to rounding, not bit
+      for bit. XLA cannot
       partition a Pallas call: with sharded states prefer ``"xla"``, whose
       group-local arithmetic XLA shards without communication.
 
@@ -104,9 +108,13 @@ def scale_by_adam_quantized(
         f"{nu_format.group} must be equal (both moments share one grouping)"
       )
   formats = (mu_format, nu_format)
-  impl = IMPLEMENTATIONS.resolve(
-    implementation, formats, f"mu_format={mu_format}, nu_format={nu_format}"
+  resolve = functools.partial(
+    IMPLEMENTATIONS.resolve,
+    implementation,
+    formats,
+    f"mu_format={mu_format}, nu_format={nu_format}",
   )
+  resolve()  # a bad request fails here, not at the first update
   group = (mu_format or nu_format).group if (mu_format or nu_format) else None
 
   def zero_moment(p, fmt):
@@ -133,7 +141,7 @@ def scale_by_adam_quantized(
     ]
     return ScaleByAdamQuantizedState(jnp.zeros([], jnp.int32), *moments)
 
-  def update_leaf(g, mu, nu, hyper):
+  def update_leaf(g, mu, nu, hyper, impl):
     if g is None:
       return None, mu, nu
     if group is None:
@@ -171,7 +179,10 @@ def scale_by_adam_quantized(
       treedef.flatten_up_to(state.mu),
       treedef.flatten_up_to(state.nu),
     )
-    out = [update_leaf(g, m, v, hyper) for g, m, v in leaves]
+    # Resolved when traced: None picks for the backend the update is for
+    # (under pallas_kernels.backend.cuda_lowering, the GPU's choice).
+    impl = resolve()
+    out = [update_leaf(g, m, v, hyper, impl) for g, m, v in leaves]
     updates, mu, nu = (treedef.unflatten(x) for x in zip(*out))
     return updates, ScaleByAdamQuantizedState(count_inc, mu, nu)
 
@@ -233,7 +244,6 @@ class PallasAdam(impls.Implementation):
       (flat(c), tuple(s.reshape(-1) for s in st)) for c, st in (mu, nu)
     ]
     rows = moments[0][0].shape[0]
-    on_gpu = jax.default_backend() == "gpu"
     u, *new = qa.quantized_adam_update(
       flat(g),
       *moments,
@@ -241,7 +251,9 @@ class PallasAdam(impls.Implementation):
       codecs=codecs,
       tables=tables,
       nesterov=nesterov,
-      block_rows=16 if on_gpu else min(256, 1 << max(0, rows - 1).bit_length()),
+      block_rows=16
+      if backend.on_gpu()
+      else min(256, 1 << max(0, rows - 1).bit_length()),
     )
     shaped = [
       (c.reshape(c0.shape), tuple(x.reshape(x0.shape) for x, x0 in zip(st, s0)))

@@ -19,11 +19,12 @@ SM walks the output tiles; in each CTA a memory warpgroup streams
 ``tile_k``-wide slices of both operands (and the scale rows) through a
 ``max_concurrent_steps``-deep TMA pipeline, and two compute warpgroups each
 run ``wgmma`` on their half of the CTA tile. While one compute warpgroup
-promotes its partial sum (int32 -> fp32, two multiplies, one add), the other
-can use the tensor cores. The epilogue converts the fp32 tile to the output
-dtype in SMEM slots and stores it with TMA, overlapped with the next tile;
-or, for the INT8-out variant, requantizes it in S x S blocks
-(``_epilogue.requantize_tile``; that variant lowers with Lane semantics).
+promotes its partial sum (int32 -> fp32 exactly by the magic-number form,
+two multiplies, one add), the other can use the tensor cores. The epilogue
+converts the fp32 tile to the output dtype in SMEM slots and stores it with
+TMA, overlapped with the next tile; or, for the INT8-out variant,
+requantizes it in S x S blocks (``_epilogue.requantize_tile``; that variant
+lowers with Lane semantics).
 
 Out-of-range reads (ragged M, N, K tails inside the arrays' TMA-aligned
 shape) are zero-filled by TMA, so they add nothing to any sum; out-of-range
@@ -255,9 +256,17 @@ def _kernel(
   k_steps = cdiv(a_g.shape[2], c.tile_k)
   promoted = chunk is not None
   operand = _transforms(swizzle, 1)
+  # Without promotion one wgmma group stays in flight across K steps
+  # (``wgmma_wait(1)``), so each operand slot is released one step late.
+  delay = 0 if promoted or c.max_concurrent_steps < 2 else 1
   in_specs = [
-    plgpu.BlockSpec((c.cta_m, c.tile_k), lambda k: (0, k), transforms=operand),
-    plgpu.BlockSpec((c.cta_n, c.tile_k), lambda k: (0, k), transforms=operand),
+    plgpu.BlockSpec(
+      (rows, c.tile_k),
+      lambda k: (0, k),
+      transforms=operand,
+      delay_release=delay,
+    )
+    for rows in (c.cta_m, c.cta_n)
   ]
   if promoted:
     in_specs += [
@@ -323,7 +332,7 @@ def _kernel(
           s_a = plgpu.load(sa_s.at[j, wm], layout=_ROW)
           s_b = plgpu.load(sb_s.at[j, wn], layout=_COL)
           shape = (c.wg_tile_m, c.tile_n)
-          carry = carry + p.astype(jnp.float32) * _spread(
+          carry = carry + _partial_to_f32(p, chunk) * _spread(
             s_a, shape, 0
           ) * _spread(s_b, shape, 1)
         return carry
@@ -345,7 +354,7 @@ def _kernel(
 
       def accumulate_step(_, a_s, b_s, acc):
         plgpu.wgmma(acc, a_s.at[wm], b_s.at[wn].T)
-        plgpu.wgmma_wait(0)
+        plgpu.wgmma_wait(delay)  # reading acc[...] afterwards waits for all
         return acc
 
       def accumulate_context(run):
@@ -374,6 +383,28 @@ def _kernel(
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   pl.run_scoped(scope, allocations, collective_axes="wg")
+
+
+# The bits of 1.5 * 2^23: for |p| < 2^22 the float with bits MAGIC + p is
+# exactly 1.5 * 2^23 + p (p lands in the 23-bit significand field).
+_MAGIC_BITS = 0x4B400000
+_MAGIC = 1.5 * 2**23
+
+
+def _partial_to_f32(p, chunk: int):
+  """``float32(p)`` of a chunk's partial sum, exactly.
+
+  INT8 partials have |p| <= chunk * 128^2 < 2^22 for chunk <= 128, so the
+  magic-number form (one integer add, a free bitcast, one float subtract)
+  gives the same bits as ``sitofp``, without ``cvt.rn.f32.s32`` (a
+  conversion-unit instruction, far below FMA throughput on sm_90). FP8
+  partials are already f32.
+  """
+  if p.dtype != jnp.int32:
+    return p
+  assert chunk * 128 * 128 < 2**22, chunk
+  bits = p + jnp.int32(_MAGIC_BITS)
+  return lax.bitcast_convert_type(bits, jnp.float32) - jnp.float32(_MAGIC)
 
 
 def _spread(v, shape, dim):

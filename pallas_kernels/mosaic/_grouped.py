@@ -302,8 +302,13 @@ def quantize_rows(x, seed, *, plan: GroupPlan, interpret):
   (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_row_absmax")
   absmax = jnp.max(maxima, axis=1)  # (B, M): inf marks NaN/inf rows
   ok = absmax <= F32_MAX
-  # A vector per row, once: XLA runs the exact integer reciprocal.
-  scale, inverse = tile_scale(jnp.where(ok, absmax, 0.0), ok, plan.grid.qmax)
+  # A vector per row, once, in XLA: division corrected exactly (no loop).
+  scale, inverse = tile_scale(
+    jnp.where(ok, absmax, 0.0),
+    ok,
+    plan.grid.qmax,
+    reciprocal=divided_reciprocal,
+  )
   args = [x, inverse] + ([] if seed is None else [seed])
   (q,) = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8_rows")
   b, m, k = plan.shape

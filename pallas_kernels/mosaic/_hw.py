@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
-from pallas_kernels._common import resolve_interpret
+from pallas_kernels.backend import resolve_interpret
 
 INTERPRET_SMS = 2
 

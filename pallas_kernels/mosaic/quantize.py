@@ -243,8 +243,14 @@ def _quantize_tensor(x, seed, *, plan: BandPlan, interpret):
   (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_absmax")
   absmax = jnp.max(maxima).reshape(1, 1, 1)
   ok = absmax <= F32_MAX
-  # One scalar: XLA runs the exact integer reciprocal of _rounding.
-  scale, inverse = tile_scale(jnp.where(ok, absmax, 0.0), ok, plan.grid.qmax)
+  # One scalar, in XLA: division corrected exactly (no 25-step loop, which
+  # a GPU runs as 25 kernel launches).
+  scale, inverse = tile_scale(
+    jnp.where(ok, absmax, 0.0),
+    ok,
+    plan.grid.qmax,
+    reciprocal=divided_reciprocal,
+  )
   args = [x, inverse.reshape(1)] + ([] if seed is None else [seed])
   (q,) = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8")
   b, m, k = plan.shape

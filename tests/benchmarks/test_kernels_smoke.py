@@ -48,3 +48,55 @@ def test_smoke_needs_an_output_folder():
 def test_gpu_check_script_parses():
   script = pathlib.Path(kernels.__file__).with_name("gpu_check.sh")
   subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_target_rows_come_first():
+  """Forward + backward of the baselines and mosaic at the target shape
+  precede everything else, so a device budget that ends the run early
+  still reaches them."""
+  table = [s for s in kernels.shapes("bench")]
+  cases = list(
+    kernels._cases(
+      table, list(kernels.RECIPES), kernels.IMPLEMENTATIONS, kernels.MODES,
+      smoke=False,
+    )
+  )  # fmt: skip
+  n_first = 2 + len(kernels.RECIPES)  # bf16, xla_fp8, mosaic per recipe
+  head = cases[:n_first]
+  assert {c[0] for c in head} == {kernels.TARGET_SHAPE}
+  assert {c[-1] for c in head} == {"fwd_bwd"}
+  assert [c[5] for c in head] == ["bf16", "xla_fp8"] + ["mosaic"] * (
+    n_first - 2
+  )
+  assert len(cases) == len(set(cases))
+  later = [c for c in cases[n_first:] if c[0] == kernels.TARGET_SHAPE]
+  assert {c[5] for c in later} == {"bf16", "xla_fp8", *kernels.IMPLEMENTATIONS}
+
+
+def test_fp8_gemm_path_reads_compiled_hlo():
+  from benchmarks._timing import fp8_gemm_path
+
+  triton = (
+    "%f = bf16[64,64]{1,0} dot(f8e4m3fn[64,32]{1,0} %a, f8e4m3fn[32,64]{1,0} "
+    '%b)\n%c = fusion(...), backend_config={"kind":"__triton_gemm"}'
+  )
+  assert fp8_gemm_path(triton) == "triton_fp8"
+  assert fp8_gemm_path('custom_call_target="__cublas$lt$matmul$f8"') == (
+    "cublaslt_fp8"
+  )
+  bf16 = triton.replace("f8e4m3fn", "bf16")
+  assert fp8_gemm_path(bf16) is None
+
+
+def test_time_in_loop_runs_every_call():
+  """Device-side timing: the looped program computes fn once per repeat
+  (its outputs are the carry) and reports the time per call."""
+  import jax.numpy as jnp
+
+  from benchmarks._timing import time_in_loop
+
+  calls = []
+  fn = lambda v: (calls.append(1), (v * 2, v.sum()))[1]  # noqa: E731
+  t = time_in_loop(fn, jnp.ones((8, 8)), repeats=3, warmup=0, iters=2)
+  assert t["repeats"] == 3 and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
+  assert calls == [1, 1]  # traced once by eval_shape, once in the loop body

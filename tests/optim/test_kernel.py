@@ -19,7 +19,7 @@ from lowprec_jax.optim._codebooks import dynamic_map, linear_nonzero_map, tables
 from lowprec_jax.optim._moment_formats import zeros_moment
 from pallas_kernels import moment_codecs as mc
 from pallas_kernels import quantized_adam as qa
-from pallas_kernels._common import cuda_lowering
+from pallas_kernels.backend import cuda_lowering
 from tests.helpers import rng
 from tests.optim.helpers import bits
 

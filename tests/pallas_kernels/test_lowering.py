@@ -23,7 +23,7 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels import fp8_matmul as F
 from pallas_kernels import int8_matmul as I
 from pallas_kernels import quantize as Q
-from pallas_kernels._common import cuda_lowering
+from pallas_kernels.backend import cuda_lowering
 from tests.pallas_kernels.kernel_support import fp8_scale_shape
 
 B, M, N, K = 2, 200, 136, 328

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from pallas_kernels._common import cuda_lowering
+from pallas_kernels.backend import cuda_lowering
 from pallas_kernels.mosaic import TuningConfig, default_config
 from pallas_kernels.mosaic import quantize as mosaic_quantize
 from pallas_kernels.mosaic._config import CANDIDATE_KERNELS, candidate_configs

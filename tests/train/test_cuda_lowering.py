@@ -1,0 +1,71 @@
+"""One ``python -m train`` step per recipe lowers for CUDA on this host.
+
+The step is the CLI's own (``loop.build`` + ``loop.make_steps``), traced
+under :func:`pallas_kernels.backend.cuda_lowering` with
+``implementation=None``, so every choice is the one a GPU would make: the
+quantized GEMMs and quantizers are Mosaic GPU kernels and the quantized
+optimizer update is the Pallas (Triton) kernel, never the interpreter (no
+host callback is left in the program). PTX compilation is left to the GPU
+run (or the offline-compile tier).
+"""
+
+import collections
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lowprec_jax.ops import census
+from pallas_kernels.backend import cuda_lowering
+from train import loop
+from train.model import GPTConfig
+
+# Every run trains with optax (adamw, or the full-precision part of ours).
+pytestmark = pytest.mark.standard_promotion
+
+# The smallest GPT whose GEMMs meet every kernel's shape rules.
+MODEL = GPTConfig(seq_len=64, d_model=128, n_layers=1, n_heads=2)
+QUANTIZED_GEMMS = 12  # 4 block Linears x (fwd, dlhs, drhs)
+
+
+def _lowered_step(recipe: str, optimizer: str):
+  cfg = loop.TrainConfig(
+    recipe=recipe, optimizer=optimizer, model=MODEL, batch_size=2
+  )
+  graphdef, state, _ = loop.build(cfg)
+  train_step, _ = loop.make_steps(graphdef)
+  abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
+  batch = jax.ShapeDtypeStruct((2, MODEL.seq_len + 1), jnp.int32)
+  state, batch = jax.tree.map(abstract, state), batch
+  with cuda_lowering():
+    lowered = train_step.trace(state, batch).lower(lowering_platforms=("cuda",))
+    gemms = census(train_step, state, batch)
+  calls = collections.Counter(
+    re.findall(r"custom_call @([\w$.]+)", lowered.as_text())
+  )
+  return calls, gemms
+
+
+@pytest.mark.parametrize(
+  "recipe, optimizer",
+  [
+    ("jetfire_int8", "adamw"),
+    ("fp8_current", "adamw"),
+    ("fp8_block", "adamw"),
+    ("coat_fp8", "adamw_fp8"),
+  ],
+)
+def test_train_step_lowers_for_cuda_with_gpu_kernels(recipe, optimizer):
+  calls, gemms = _lowered_step(recipe, optimizer)
+  assert gemms.total(quantized=True) == QUANTIZED_GEMMS, gemms
+  assert {r.implementation for r in gemms.records if r.quantized} == {
+    "mosaic"
+  }, gemms
+  assert not any(r.substituted for r in gemms.records) or recipe == (
+    "fp8_block"
+  ), gemms
+  assert calls["mosaic_gpu_v2"] >= QUANTIZED_GEMMS, calls
+  assert not [c for c in calls if "callback" in c], calls
+  if optimizer != "adamw":
+    assert calls["__gpu$xla.gpu.triton"] >= 1, calls
