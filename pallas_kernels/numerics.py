@@ -366,6 +366,17 @@ def tile_scale(
   return jnp.where(ok, scale, nan), jnp.where(ok, inverse, nan)
 
 
+def reduced_tile_scale(absmax: Array, qmax: float) -> tuple[Array, Array]:
+  """:func:`tile_scale` of maxima reduced in XLA between two kernels, where
+  an inf (or NaN) maximum marks a tile holding NaN or inf; the reciprocal is
+  :func:`divided_reciprocal` (no 25-step loop, which a GPU would run as 25
+  kernel launches)."""
+  ok = absmax <= F32_MAX
+  return tile_scale(
+    jnp.where(ok, absmax, 0.0), ok, qmax, reciprocal=divided_reciprocal
+  )
+
+
 def finite_absmax(x: Array, axis=None, keepdims: bool = False):
   """(max |x| over the finite entries, True where no entry is NaN or inf).
 

@@ -43,8 +43,8 @@ from pallas_kernels.backend import resolve_interpret
 from pallas_kernels.numerics import (
   F32_MAX,
   NumberGrid,
-  divided_reciprocal,
   finite_absmax,
+  reduced_tile_scale,
   tile_scale,
 )
 from pallas_kernels.quantize_reference import (
@@ -214,11 +214,7 @@ def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
     absmax = jnp.max(partial, axis=2, keepdims=True)
   else:
     absmax = jnp.max(partial).reshape(1, 1, 1)
-  ok = absmax <= F32_MAX
-  # In XLA, between the two kernels: division corrected exactly (no loop).
-  scale, inverse = tile_scale(
-    jnp.where(ok, absmax, 0.0), ok, grid.qmax, reciprocal=divided_reciprocal
-  )
+  scale, inverse = reduced_tile_scale(absmax, grid.qmax)
   args, in_specs = _seeded(
     [x, inverse], [layout.tile_spec(), layout.scale_spec()], seed
   )

@@ -39,6 +39,7 @@ from pallas_kernels.numerics import (
   NumberGrid,
   divided_reciprocal,
   random_bits,
+  reduced_tile_scale,
   tile_scale,
   uniform_from_bits,
 )
@@ -301,14 +302,7 @@ def quantize_rows(x, seed, *, plan: GroupPlan, interpret):
   stage1 = dataclasses.replace(plan, mode="absmax", stochastic=False)
   (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_row_absmax")
   absmax = jnp.max(maxima, axis=1)  # (B, M): inf marks NaN/inf rows
-  ok = absmax <= F32_MAX
-  # A vector per row, once, in XLA: division corrected exactly (no loop).
-  scale, inverse = tile_scale(
-    jnp.where(ok, absmax, 0.0),
-    ok,
-    plan.grid.qmax,
-    reciprocal=divided_reciprocal,
-  )
+  scale, inverse = reduced_tile_scale(absmax, plan.grid.qmax)
   args = [x, inverse] + ([] if seed is None else [seed])
   (q,) = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8_rows")
   b, m, k = plan.shape

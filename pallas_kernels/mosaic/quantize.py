@@ -47,6 +47,7 @@ from pallas_kernels.numerics import (
   NumberGrid,
   divided_reciprocal,
   random_bits,
+  reduced_tile_scale,
   tile_scale,
   uniform_from_bits,
 )
@@ -242,15 +243,7 @@ def _quantize_tensor(x, seed, *, plan: BandPlan, interpret):
   stage1 = dataclasses.replace(plan, mode="absmax", stochastic=False)
   (maxima,) = _launch(stage1, [x], interpret, "lpj_mosaic_absmax")
   absmax = jnp.max(maxima).reshape(1, 1, 1)
-  ok = absmax <= F32_MAX
-  # One scalar, in XLA: division corrected exactly (no 25-step loop, which
-  # a GPU runs as 25 kernel launches).
-  scale, inverse = tile_scale(
-    jnp.where(ok, absmax, 0.0),
-    ok,
-    plan.grid.qmax,
-    reciprocal=divided_reciprocal,
-  )
+  scale, inverse = reduced_tile_scale(absmax, plan.grid.qmax)
   args = [x, inverse.reshape(1)] + ([] if seed is None else [seed])
   (q,) = _launch(plan, args, interpret, "lpj_mosaic_quantize_fp8")
   b, m, k = plan.shape
