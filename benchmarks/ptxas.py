@@ -41,6 +41,7 @@ from benchmarks._results import RESULTS, write_results
 from pallas_kernels import tiles
 from pallas_kernels.backend import cuda_lowering
 from pallas_kernels.mosaic import quantize as mosaic_quantize
+from pallas_kernels.mosaic._config import CANDIDATE_KERNELS, candidate_configs
 from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
 from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 
@@ -72,8 +73,8 @@ def _int8(block, **kw):
   return functools.partial(int8_block_matmul, block=block, **kw), args
 
 
-def _fp8(a_tile, b_tile, a_dtype=E4M3, out_dtype=jnp.bfloat16):
-  args = _operand(M, a_tile, a_dtype) + _operand(N, b_tile, E4M3)
+def _fp8(a_tile, b_tile, a_dtype=E4M3, out_dtype=jnp.bfloat16, b_dtype=E4M3):
+  args = _operand(M, a_tile, a_dtype) + _operand(N, b_tile, b_dtype)
   kw = dict(a_tile=a_tile, b_tile=b_tile, out_dtype=out_dtype)
   return functools.partial(fp8_matmul, **kw), args
 
@@ -81,6 +82,16 @@ def _fp8(a_tile, b_tile, a_dtype=E4M3, out_dtype=jnp.bfloat16):
 def _quantize(kernel, x_dtype=jnp.bfloat16, **kw):
   x = jax.ShapeDtypeStruct((1, M, K), x_dtype)
   return functools.partial(getattr(mosaic_quantize, kernel), **kw), [x]
+
+
+def _requantize(in_tile, tile):
+  shape = (1, M, K)
+  args = [
+    jax.ShapeDtypeStruct(shape, E4M3),
+    jax.ShapeDtypeStruct(tiles.scale_shape(shape, in_tile), jnp.float32),
+  ]
+  kw = dict(in_tile=in_tile, tile=tile, dtype=E4M3)
+  return functools.partial(mosaic_quantize.requantize_fp8, **kw), args
 
 
 def _dequantize(tile, code_dtype):
@@ -116,6 +127,7 @@ KERNELS = {
   },
   "fp8_tensor_e4m3": functools.partial(_fp8, None, None),
   "fp8_tensor_e5m2xe4m3": functools.partial(_fp8, None, None, E5M2),
+  "fp8_tensor_e4m3xe5m2": functools.partial(_fp8, None, None, b_dtype=E5M2),
   "fp8_rows": functools.partial(_fp8, (1, None), (1, None)),
   "fp8_1x128_128x128": functools.partial(_fp8, (1, 128), (128, 128)),
   "fp8_1x128_128x128_e5m2": functools.partial(_fp8, (1, 128), (128, 128), E5M2),
@@ -133,10 +145,48 @@ KERNELS = {
     )
     for t in (None, (1, None), (1, 128), (128, 1), (32, 32), (128, 128))
   },
+  **{
+    f"quantize_fp8_{tiles.name(t)}_{d}_transpose": functools.partial(
+      _quantize, "quantize_fp8", dtype=dtype, tile=t, transpose=True
+    )
+    for t, d, dtype in (
+      (None, "e4m3", E4M3),
+      (None, "e5m2", E5M2),
+      ((128, 128), "e4m3", E4M3),
+    )
+  },
+  "requantize_fp8_1x128_128x1": functools.partial(
+    _requantize, (1, 128), (128, 1)
+  ),
   "dequantize_fp8_tensor": functools.partial(_dequantize, None, E4M3),
   "dequantize_fp8_128x128": functools.partial(_dequantize, (128, 128), E5M2),
   "dequantize_int8_32x32": functools.partial(_dequantize, (32, 32), jnp.int8),
 }
+
+# The sweep's alternative tile configs (``benchmarks/_sweep.py`` times them
+# on a GPU; index 0 is the default, already above): they must fit too.
+_SWEPT = {
+  "int8_block128": functools.partial(_int8, 128, out_dtype=jnp.bfloat16),
+  "int8_block32": functools.partial(_int8, 32, out_dtype=jnp.bfloat16),
+  "fp8_tensor": functools.partial(_fp8, None, None),
+  "fp8_1x128_128x128": functools.partial(_fp8, (1, 128), (128, 128)),
+}
+assert set(_SWEPT) == set(CANDIDATE_KERNELS)
+
+
+def _swept(kernel: str, index: int):
+  fn, args = _SWEPT[kernel]()
+  config = candidate_configs(kernel)[index]
+  return functools.partial(fn, config=config), args
+
+
+KERNELS.update(
+  {
+    f"sweep_{kernel}_{i}": functools.partial(_swept, kernel, i)
+    for kernel in CANDIDATE_KERNELS
+    for i in range(1, len(candidate_configs(kernel)))
+  }
+)
 
 _C = r"%c(\d+)(?:_\d+)?"  # an index constant: %c128 or %c128_0
 _LAUNCH = re.compile(
@@ -242,13 +292,11 @@ def compile_module(blob: bytes, venv: pathlib.Path, work: pathlib.Path):
 
 # Spills ptxas reports today, allowed so that CI catches any new or larger
 # spill (kernel, module) -> (store, load) bytes. Each is a known defect to
-# remove (the INT8 quantize+transpose reads a column per warp and holds a
-# 128-wide band per thread: 255 registers).
+# remove (the INT8 quantize+transpose's 1040 B went when it learnt to work
+# in 32-row slices).
 KNOWN_SPILLS = {
   ("int8_block32_out32_stochastic", 0): (8, 8),
   ("int8_block128_out64_stochastic", 0): (12, 16),
-  ("quantize_int8_block128_nearest_transpose", 0): (260, 260),
-  ("quantize_int8_block128_stochastic_transpose", 0): (1036, 1040),
   ("quantize_fp8_row", 1): (8, 8),
 }
 

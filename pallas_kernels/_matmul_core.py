@@ -4,9 +4,9 @@ For K-major operands ``a`` (B, M, K) and ``b`` (B, N, K), each program owns a
 ``block_m x block_n`` output tile and loops over K in chunks of ``chunk``:
 
     scales vary along K (1 x G groups, S x S blocks; G = S = chunk):
-        acc += (float(a_c . b_c) * sa_c[m]) * sb_c[n]
+        acc += float(a_c . b_c) * (sa_c[m] * sb_c[n])
     scales constant along K (per-tensor, per-row):
-        acc += a_c . b_c,     out = (acc * sa[m]) * sb[n]
+        acc += a_c . b_c,     out = acc * (sa[m] * sb[n])
 
 with the exact int32 (INT8) or f32 (FP8) chunk dot, f32 accumulation, and
 the same association as :func:`pallas_kernels.matmul_reference.scaled_matmul`
@@ -153,13 +153,13 @@ def kernel(a_ref, as_ref, b_ref, bs_ref, *refs, plan: MatmulPlan):
     p = lax.dot_general(a, b, _NT, preferred_element_type=plan.accumulator)
     p = p.astype(jnp.float32)
     if plan.per_chunk:
-      p = p * a_scales(c) * b_scales(c)
+      p = p * (a_scales(c) * b_scales(c))
     return acc + p
 
   acc = jnp.zeros((bm, bn), jnp.float32)
   acc = lax.fori_loop(0, plan.chunks, step, acc)
   if not plan.per_chunk:
-    acc = acc * a_scales(0) * b_scales(0)
+    acc = acc * (a_scales(0) * b_scales(0))
   mask = (rows < m) & (cols < n)
   if plan.out_block is None:
     (out_ref,) = refs

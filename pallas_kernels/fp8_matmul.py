@@ -1,4 +1,4 @@
-"""Scaled FP8 GEMM: E4M3 x E4M3 and E5M2 x E4M3 with f32 accumulation.
+"""Scaled FP8 GEMM: E4M3 x E4M3, E5M2 x E4M3 and E4M3 x E5M2, f32 accumulation.
 
 For K-major FP8 operands ``a_q`` (B, M, K) and ``b_q`` (B, N, K) with f32
 scales shaped like their tiles' scale grids:
@@ -9,14 +9,14 @@ scales shaped like their tiles' scale grids:
 * K groups (DeepSeek-V3): ``(1, G) x (G, G)`` (forward and dgrad) and
   ``(1, G) x (1, G)`` (wgrad), G in {32, 64, 128}: every G columns of K are
   promoted into the f32 accumulator as
-  ``acc += (float(a_c . b_c) * a_s[m, c]) * b_s[n or n // G, c]``.
+  ``acc += float(a_c . b_c) * (a_s[m, c] * b_s[n or n // G, c])``.
 
 Every product of two FP8 values is exact in f32, so results equal the
 ``"xla"`` implementation bit for bit whenever the f32 sums are exact (small
 integers, power-of-two scales); otherwise they differ only by f32 summation
 order. Any other pair of tiles raises ``NotImplementedError``.
 
-Mixed E5M2 x E4M3: the Triton backend rejects a dot of two different FP8
+Mixed E5M2/E4M3 pairs: the Triton backend rejects a dot of two different FP8
 types, so both operands are widened to bf16 inside the kernel. That is exact
 (both FP8 grids are subsets of bf16, and bf16 products accumulate in f32)
 but runs the MMA at the bf16 rate (half of FP8 on Hopper) and doubles the
@@ -42,8 +42,9 @@ K = tiles.TileKind
 _CONSTANT = ((K.TENSOR, K.TENSOR), (K.ROWS, K.ROWS))
 _GROUPED = ((K.ROW_GROUPS, K.BLOCKS), (K.ROW_GROUPS, K.ROW_GROUPS))
 E4M3, E5M2 = np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2)
-# (a dtype, b dtype) pairs; b is the E4M3 weight or activation.
-DTYPE_PAIRS = ((E4M3, E4M3), (E5M2, E4M3))
+# (a dtype, b dtype) pairs: an E5M2 gradient is a (dgrad) or, for the
+# weight gradient of a stored (K, N) weight, b.
+DTYPE_PAIRS = ((E4M3, E4M3), (E5M2, E4M3), (E4M3, E5M2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,8 @@ def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
   if pair not in DTYPE_PAIRS:
     return (
       f"dtypes {pair[0]} x {pair[1]} are not supported; supported: "
-      "float8_e4m3fn x float8_e4m3fn and float8_e5m2 x float8_e4m3fn"
+      "float8_e4m3fn x float8_e4m3fn, float8_e5m2 x float8_e4m3fn and "
+      "float8_e4m3fn x float8_e5m2"
     )
   kinds = (_kind(a_tile), _kind(b_tile))
   if kinds in _CONSTANT:

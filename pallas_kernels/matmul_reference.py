@@ -5,12 +5,15 @@ For K-major codes ``a_q`` (B, M, K) and ``b_q`` (B, N, K) with scales shaped
 like their tiles' scale grids (:func:`pallas_kernels.tiles.scale_shape`), and
 ``c`` the finer contraction tile of the two when it is shorter than K:
 
-    out[b, m, n] = sum_j (P_j[b, m, n] * sa_j[b, m]) * sb_j[b, n]
+    out[b, m, n] = sum_j P_j[b, m, n] * (sa_j[b, m] * sb_j[b, n])
     P_j = sum_{k in chunk j of c} a_q[b, m, k] * b_q[b, n, k]
 
 ``P_j`` is an int8 x int8 -> int32 dot (exact) or an fp8 x fp8 -> f32 dot;
 the rescale and the sum over chunks run in f32 in exactly this order (a
-``lax.scan`` from zero, never a (K/c, M, N) intermediate). When both scales
+``lax.scan`` from zero, never a (K/c, M, N) intermediate). The scale
+product comes first: where a kernel's output tile lies inside one scale
+block of both operands it is one scalar per chunk, and the promotion is one
+multiply and one add per element instead of two multiplies and an add. When both scales
 span all of K (per-tensor, per-row), or one chunk covers K, there is one dot
 and the rescale is an outer product. Tiles divide one another.
 """
@@ -87,7 +90,7 @@ def scaled_matmul(
     if upcast is not None:
       qa, qb = qa.astype(upcast), qb.astype(upcast)
     p = lax.dot_general(qa, qb, _NT_BATCHED, preferred_element_type=accumulator)
-    return p.astype(jnp.float32) * sa_j[:, :, None] * sb_j[:, None, :]
+    return p.astype(jnp.float32) * (sa_j[:, :, None] * sb_j[:, None, :])
 
   chunk = promotion_chunk(a_tile, b_tile, k)
   n = 1 if chunk is None else -(-k // chunk)

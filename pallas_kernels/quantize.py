@@ -20,7 +20,8 @@ rounding step uses :mod:`pallas_kernels._rounding`).
 * ``quantize_int8_block``: one program per S x S block. With
   ``transpose=True`` the same program also writes the block transposed into
   ``q_t`` (B, K, M): the same codes (hashed at their original coordinates),
-  with the transposed scale grid, so ``q_t == q.mT`` exactly.
+  with the transposed scale grid, so ``q_t == q.mT`` exactly. ``quantize_fp8``
+  does the same for S x S blocks and per-tensor scales.
 * ``quantize_fp8``: S x S blocks, 1 x G and G x 1 groups in one fused kernel;
   per-row and per-tensor scales in two stages: a kernel writes the maximum
   of every (row, column tile), ``jnp.max`` reduces that small array, and the
@@ -120,11 +121,11 @@ def _absmax_kernel(x_ref, out_ref, *, layout):
   L.store(out_ref, jnp.where(ok, absmax, jnp.inf), row < layout.shape[1])
 
 
-def _scaled_kernel(*refs, layout, grid, stochastic):
+def _scaled_kernel(*refs, layout, grid, stochastic, transpose):
   """Codes of a tile whose reciprocal scales (per row, or one) are given."""
   x_ref, inv_ref, *refs = refs
   seed_ref = refs.pop(0) if stochastic else None
-  (q_ref,) = refs
+  q_ref, *qt_ref = refs
   row, col, mask = L.tile_coordinates(layout.rows, layout.cols, layout.shape)
   x = L.load(x_ref, mask).astype(jnp.float32)
   inverse = _load_scales(inv_ref, layout, row, col, 1.0)
@@ -133,6 +134,15 @@ def _scaled_kernel(*refs, layout, grid, stochastic):
     x, inverse, ok, row, col, layout.shape[1], seed_ref, grid
   )
   L.store(q_ref, codes, mask)
+  if transpose:
+    L.store(qt_ref[0], codes.T, mask.T)
+
+
+def _transposed_out(x_shape, rows, cols, dtype):
+  """(struct, spec) of the (B, K, M) codes of (rows, cols) program tiles."""
+  b, m, k = x_shape
+  spec = pl.BlockSpec((None, cols, rows), lambda b, i, j: (b, j, i))
+  return L.out_struct((b, k, m), dtype), spec
 
 
 def _run(kernel, layout, config, interpret, name, args, in_specs, outs):
@@ -167,12 +177,11 @@ def _quantize_fused(x, seed, *, grid, layout, transpose, config, interpret):
     (L.out_struct(layout.scale_shape, jnp.float32), layout.scale_spec()),
   ]
   if transpose:
-    b, m, k = x.shape
+    b, _, _ = x.shape
     _, nm, nk = layout.scale_shape
-    s = layout.rows
     flip = lambda b, i, j: (b, j, i)  # noqa: E731
     outs += [
-      (L.out_struct((b, k, m), grid.dtype), pl.BlockSpec((None, s, s), flip)),
+      _transposed_out(x.shape, layout.rows, layout.cols, grid.dtype),
       (
         L.out_struct((b, nk, nm), jnp.float32),
         pl.BlockSpec((None, 1, 1), flip),
@@ -190,9 +199,10 @@ def _quantize_fused(x, seed, *, grid, layout, transpose, config, interpret):
 
 
 @functools.partial(
-  jax.jit, static_argnames=("grid", "layout", "config", "interpret")
+  jax.jit,
+  static_argnames=("grid", "layout", "transpose", "config", "interpret"),
 )
-def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
+def _quantize_two_stage(x, seed, *, grid, layout, transpose, config, interpret):
   b, m, _ = x.shape
   partial_shape = (b, m, layout.grid[2])
   (partial,) = _run(
@@ -219,13 +229,33 @@ def _quantize_two_stage(x, seed, *, grid, layout, config, interpret):
     [x, inverse], [layout.tile_spec(), layout.scale_spec()], seed
   )
   kernel = functools.partial(
-    _scaled_kernel, layout=layout, grid=grid, stochastic=seed is not None
+    _scaled_kernel,
+    layout=layout,
+    grid=grid,
+    stochastic=seed is not None,
+    transpose=transpose,
   )
   outs = [(L.out_struct(x.shape, grid.dtype), layout.tile_spec())]
-  (q,) = _run(
+  if transpose:
+    outs.append(_transposed_out(x.shape, layout.rows, layout.cols, grid.dtype))
+  q, *q_t = _run(
     kernel, layout, config, interpret, "lpj_quantize_fp8", args, in_specs, outs
   )
-  return q, scale
+  return (q, scale, q_t[0], scale) if transpose else (q, scale)
+
+
+def _quantize(x, seed, grid, layout, transpose, config, interpret):
+  """The fused kernel for whole scale tiles per program, else two stages."""
+  run = _quantize_fused if layout.fused else _quantize_two_stage
+  return run(
+    x,
+    seed,
+    grid=grid,
+    layout=layout,
+    transpose=transpose,
+    config=config,
+    interpret=resolve_interpret(interpret),
+  )
 
 
 def _int8_layout(x, block) -> L.TileLayout:
@@ -237,6 +267,24 @@ def _int8_layout(x, block) -> L.TileLayout:
 # Quantize and dequantize kernels serve the same tiles.
 unsupported_tile_reason = L.unsupported_tile_reason
 unsupported_dequantize_reason = L.unsupported_tile_reason
+
+
+def unsupported_requantize_reason(in_tile, tile) -> str | None:
+  """Requantization here is dequantize, then quantize (two kernels)."""
+  return (
+    "the portable kernels requantize by dequantize + quantize; got "
+    f"{in_tile!r} -> {tile!r}"
+  )
+
+
+def unsupported_transpose_reason(tile) -> str | None:
+  """Why no kernel here writes the codes of ``tile`` transposed too."""
+  if tile is None or tiles.kind_of(tile) is tiles.TileKind.BLOCKS:
+    return None
+  return (
+    "the quantize kernels write transposed codes for tile None "
+    f"(per-tensor) and (S, S); got {tile!r}"
+  )
 
 
 def quantize_int8_block(
@@ -258,15 +306,8 @@ def quantize_int8_block(
   """
   layout = _int8_layout(x, block)
   seed = C.seed_array(seed, rounding)
-  grid = NumberGrid.int8()
-  return _quantize_fused(
-    x,
-    seed,
-    grid=grid,
-    layout=layout,
-    transpose=transpose,
-    config=config,
-    interpret=resolve_interpret(interpret),
+  return _quantize(
+    x, seed, NumberGrid.int8(), layout, transpose, config, interpret
   )
 
 
@@ -277,6 +318,7 @@ def quantize_fp8(
   tile,
   rounding: str = "nearest",
   seed=None,
+  transpose: bool = False,
   interpret: bool | None = None,
   config: QuantizeConfig = DEFAULT_CONFIG,
 ):
@@ -284,26 +326,17 @@ def quantize_fp8(
 
   ``tile``: None (per-tensor, scale (1, 1, 1)), (1, None) (per-row,
   (B, M, 1)), (1, G) (groups along K, (B, M, cdiv(K, G))) or (S, S)
-  (blocks, (B, cdiv(M, S), cdiv(K, S))). Returns ``(q, s)``.
+  (blocks, (B, cdiv(M, S), cdiv(K, S))). Returns ``(q, s)``; with
+  ``transpose=True`` (tiles None and (S, S)) also ``(q_t, s_t)``, the same
+  quantization laid out as (B, K, M), written by the same kernel.
   """
   C.check_array("x", x, C.FLOAT_DTYPES)
   grid = fp8_grid(dtype)
   layout = L.tile_layout(x.shape, tile, config.rows, config.cols)
+  if transpose and unsupported_transpose_reason(tile):
+    raise NotImplementedError(unsupported_transpose_reason(tile))
   seed = C.seed_array(seed, rounding)
-  interpret = resolve_interpret(interpret)
-  if layout.fused:
-    return _quantize_fused(
-      x,
-      seed,
-      grid=grid,
-      layout=layout,
-      transpose=False,
-      config=config,
-      interpret=interpret,
-    )
-  return _quantize_two_stage(
-    x, seed, grid=grid, layout=layout, config=config, interpret=interpret
-  )
+  return _quantize(x, seed, grid, layout, transpose, config, interpret)
 
 
 def _dequantize_kernel(q_ref, s_ref, out_ref, *, layout):

@@ -13,6 +13,16 @@ The backward GEMMs are canonical too:
     drhs (B, N, K) = g^T (B, N, M) . lhs^T       lhs' = g.mT, rhs' = lhs.mT
 
 where ``.mT`` swaps the last two axes.
+
+**The rhs in its stored layout.** A Linear's weight is stored (K, N):
+``batch + contracting + free`` is its own order. Transposing it to (B, N, K)
+would cost a full HBM pass of the 16-bit weight, and its gradient would come
+back (B, N, K) and cost another. When the rhs is stored that way
+(:attr:`Canonical.rhs_kn`), :meth:`Canonical.rhs` hands it over as
+(B, K, N) without moving data; the op then quantizes it in that layout with
+one kernel writing both (B, K, N) and (B, N, K) codes, and computes the
+weight gradient as ``drhs (B, K, N) = lhs^T (B, K, M) . g^T`` straight
+into the stored layout.
 """
 
 import dataclasses
@@ -46,6 +56,20 @@ class Canonical:
     )
 
   @property
+  def rhs_kn(self) -> bool:
+    """True when the rhs is stored ``batch + contracting + free`` and not
+    ``batch + free + contracting``: :meth:`rhs` then gives (B, K, N)."""
+    identity = tuple(range(len(self.rhs_perm)))
+    return self.rhs_perm != identity and self.rhs_kn_perm == identity
+
+  @property
+  def rhs_kn_perm(self) -> tuple[int, ...]:
+    """The rhs axes in ``batch + contracting + free`` order."""
+    nb, nc = len(self.batch_shape), len(self.contract_shape)
+    perm = self.rhs_perm
+    return perm[:nb] + perm[len(perm) - nc :] + perm[nb : len(perm) - nc]
+
+  @property
   def out_shape(self) -> tuple[int, ...]:
     return self.batch_shape + self.lhs_free_shape + self.rhs_free_shape
 
@@ -54,7 +78,10 @@ class Canonical:
     return lhs.transpose(self.lhs_perm).reshape(b, m, k)
 
   def rhs(self, rhs: Array) -> Array:
+    """(B, N, K), or (B, K, N) when :attr:`rhs_kn` (no data moved)."""
     b, _, n, k = self.bmnk
+    if self.rhs_kn:
+      return rhs.reshape(b, k, n)
     return rhs.transpose(self.rhs_perm).reshape(b, n, k)
 
   def out(self, out3: Array) -> Array:

@@ -8,10 +8,22 @@ only ever sees ``(B, M, K) x (B, N, K) -> (B, M, N)``:
   quantized tensors and scales as residuals, named with ``checkpoint_name``
   (``RESIDUAL_NAMES``) so remat policies can keep or drop them;
 * backward: quantize the cotangent g (``config.dlhs.lhs``, and
-  ``config.drhs.lhs`` unless one quantization can serve both), consume the
+  ``config.drhs.lhs`` unless one quantization can serve both; g^T as g
+  with the transposed tile, then its codes transposed), consume the
   residuals (reused, or requantized when a GEMM wants another tile), run
   ``dlhs = g . rhs^T`` and ``drhs = g^T . lhs^T``, and cast each cotangent
   to its primal's dtype.
+
+No operand crosses HBM in a layout nobody reads. A residual the backward
+reuses as is (its format transposes to the backward GEMM's) is saved in the
+backward's layout, written by the same kernel that quantizes the forward
+operand (``quantize_with_transpose``): no transpose of 8-bit codes later. A
+rhs stored as (B, K, N) (a Linear's weight, ``Canonical.rhs_kn``) arrives in
+that layout: it is quantized as (B, K, N) with the transposed tile (one
+kernel writes the (B, N, K) forward codes too; stochastic rounding hashes
+its (k, n) coordinates), and its gradient is computed as
+``drhs (B, K, N) = lhs^T . g^T`` (the drhs GEMM with its operands swapped),
+so neither the 16-bit weight nor its gradient is ever transposed.
 
 Every GEMM runs as one jitted call (``lowprec_gemm``) inside a named scope
 that records its role, implementation, formats, which implementation
@@ -67,6 +79,37 @@ class _Plan:
   rhs_dtype: np.dtype
   out_dtype: np.dtype
   precision: Any
+  rhs_kn: bool = False  # rhs3 is (B, K, N) (Canonical.rhs_kn)
+
+  @property
+  def lhs_residual_transposed(self) -> bool:
+    """True when the lhs residual is saved as (B, K, M) (drhs reuses it)."""
+    return _reused_transposed(self.config.fwd.lhs, self.config.drhs.rhs)
+
+  @property
+  def rhs_residual_transposed(self) -> bool:
+    """True when the rhs residual is saved as (B, K, N) (dlhs's layout)."""
+    return self.rhs_kn or _reused_transposed(
+      self.config.fwd.rhs, self.config.dlhs.rhs
+    )
+
+  @property
+  def drhs_spec(self) -> GemmQuant:
+    return _as_run(self.config, self.rhs_kn).drhs
+
+
+def _as_run(config: DotQuantConfig, rhs_kn: bool) -> DotQuantConfig:
+  """The GEMMs as they run: drhs is ``lhs^T . g^T`` when the rhs is
+  (B, K, N) (its operand specs swapped)."""
+  if not rhs_kn:
+    return config
+  spec = config.drhs
+  return dataclasses.replace(config, drhs=GemmQuant(lhs=spec.rhs, rhs=spec.lhs))
+
+
+def _reused_transposed(fwd: OperandQuant, bwd: OperandQuant) -> bool:
+  """True when a backward GEMM reuses the forward codes, transposed."""
+  return fwd.format is not None and bwd.format == fwd.format.transpose()
 
 
 def _seeded(seed: Array, salt: int, want: OperandQuant):
@@ -89,27 +132,58 @@ def _prepare(
   return qt, impl.quantizer_for(want.format)
 
 
-def _consume(
-  residual: Operand, want: OperandQuant, seed: Array, salt: int, impl
-) -> tuple[Operand, str, str]:
-  """Turns a (transposed) residual into the operand a backward GEMM wants.
+def _prepare_transposed(
+  x: Array, want: OperandQuant, seed: Array, salt: int, impl
+) -> tuple[Operand, str]:
+  """``x.mT`` quantized as ``want`` says, without a pass over the 16-bit
+  ``x.mT``: x is quantized with the transposed tile (SR hashes x's
+  coordinates) and its 8-bit codes are transposed."""
+  if want.format is None:
+    return _transposed(x), "none"
+  want = dataclasses.replace(want, format=want.format.transpose())
+  operand, quantizer = _prepare(x, want, seed, salt, impl)
+  return operand.mT, quantizer
 
-  Returns the operand, a census note on its format ("" or "~requantized")
-  and its quantizer (see ``GemmTag``).
+
+def _consume(
+  residual: Operand,
+  transpose: bool,
+  want: OperandQuant,
+  seed: Array,
+  salt: int,
+  impl,
+) -> tuple[Operand, str, str]:
+  """Turns a residual into the operand a backward GEMM wants: the residual
+  itself, or with ``transpose`` its transpose.
+
+  A residual in another format is requantized in its own layout (with the
+  transposed tile when ``transpose``; SR hashes its coordinates) and its
+  8-bit codes are transposed. Returns the operand, a census note on its
+  format ("" or "~requantized") and its quantizer (see ``GemmTag``).
   """
   if not isinstance(residual, QTensor):
-    operand, quantizer = _prepare(residual, want, seed, salt, impl)
+    if transpose:
+      operand, quantizer = _prepare_transposed(residual, want, seed, salt, impl)
+    else:
+      operand, quantizer = _prepare(residual, want, seed, salt, impl)
     return operand, "", quantizer
+  view = residual.mT if transpose else residual
   if want.format is None:
     with jax.named_scope("lowprec_dequantize"):
-      return impl.dequantize(residual, residual.dtype), "", "none"
-  if residual.format == want.format:
-    return residual, "", "residual"
-  with jax.named_scope("lowprec_dequantize"):
-    high = impl.dequantize(residual, jnp.float32)
-  operand, quantizer = _prepare(high, want, seed, salt, impl)
-  dequantizer = impl.dequantizer_for(residual.format)
-  return operand, "~requantized", f"{dequantizer}->{quantizer}"
+      return impl.dequantize(view, view.dtype), "", "none"
+  if view.format == want.format:
+    return view, "", "residual"
+  if transpose:
+    want = dataclasses.replace(want, format=want.format.transpose())
+  with jax.named_scope("lowprec_requantize"):
+    operand, quantizer = impl.requantize(
+      residual, want, _seeded(seed, salt, want)
+    )
+  return (
+    _transposed(operand) if transpose else operand,
+    "~requantized",
+    quantizer,
+  )
 
 
 def _transposed(x: Operand) -> Operand:
@@ -143,16 +217,16 @@ assert lowprec_gemm.__name__ == GEMM_CALL
 def _gemm(a, b, out_dtype, plan: _Plan, role: str, spec: GemmQuant, notes):
   """Runs one canonical GEMM as a census-readable call.
 
-  ``notes``: (rhs format note, lhs quantizer, rhs quantizer).
+  ``notes``: per operand (lhs, rhs), its (format note, quantizer).
   """
-  note, lhs_quantizer, rhs_quantizer = notes
+  (lhs_note, lhs_quantizer), (rhs_note, rhs_quantizer) = notes
   quantized = isinstance(a, QTensor)
   bsz, m, k = a.shape
   tag = GemmTag(
     role=role,
     implementation=plan.implementation.name if quantized else "none",
-    lhs_format=spec.lhs.name if quantized else "none",
-    rhs_format=(spec.rhs.name if quantized else "none") + note,
+    lhs_format=(spec.lhs.name if quantized else "none") + lhs_note,
+    rhs_format=(spec.rhs.name if quantized else "none") + rhs_note,
     lhs_quantizer=lhs_quantizer,
     rhs_quantizer=rhs_quantizer,
     shape=f"{bsz}x{m}x{b.shape[1]}x{k}",
@@ -178,12 +252,54 @@ def _named(x: Operand, side: str) -> Operand:
   return checkpoint_name(x, f"lowprec_{side}")
 
 
+def _prepare_with_residual(
+  x, want, transposed, given_transposed, seed, salt, impl
+):
+  """Quantizes a forward operand and makes its residual.
+
+  ``x`` is the operand, or its transpose when ``given_transposed``;
+  ``transposed``: save the residual transposed (see ``_Plan``). Returns
+  (forward operand, residual, quantizer).
+  """
+  if want.format is None:
+    operand = _transposed(x) if given_transposed else x
+    residual = x if given_transposed == transposed else _transposed(x)
+    return operand, residual, "none"
+  if not transposed:
+    operand, quantizer = _prepare(x, want, seed, salt, impl)
+    return operand, operand, quantizer
+  if given_transposed:
+    want = dataclasses.replace(want, format=want.format.transpose())
+  with jax.named_scope("lowprec_quantize"):
+    q, q_t = impl.quantize_with_transpose(x, want, _seeded(seed, salt, want))
+  quantizer = impl.quantizer_for(want.format)
+  return (q_t, q, quantizer) if given_transposed else (q, q_t, quantizer)
+
+
 def _forward(lhs3, rhs3, seed, plan: _Plan):
+  """(out, lhs residual, rhs residual); residual layouts as ``_Plan`` says."""
   cfg = plan.config.fwd
   impl = plan.implementation
-  a, lq = _prepare(lhs3, cfg.lhs, seed, _SALT_FWD_LHS, impl)
-  b, rq = _prepare(rhs3, cfg.rhs, seed, _SALT_FWD_RHS, impl)
-  return _gemm(a, b, plan.out_dtype, plan, "fwd", cfg, ("", lq, rq)), a, b
+  a, a_res, lq = _prepare_with_residual(
+    lhs3,
+    cfg.lhs,
+    plan.lhs_residual_transposed,
+    False,
+    seed,
+    _SALT_FWD_LHS,
+    impl,
+  )
+  b, b_res, rq = _prepare_with_residual(
+    rhs3,
+    cfg.rhs,
+    plan.rhs_residual_transposed,
+    plan.rhs_kn,
+    seed,
+    _SALT_FWD_RHS,
+    impl,
+  )
+  out = _gemm(a, b, plan.out_dtype, plan, "fwd", cfg, (("", lq), ("", rq)))
+  return out, a_res, b_res
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -211,22 +327,34 @@ def _qdot_bwd(plan, res, g):
     g_quantizer = g_t_quantizer = impl.quantizer_for(want.format)
   else:
     g_dlhs, g_quantizer = _prepare(g, cfg.dlhs.lhs, seed, _SALT_G_DLHS, impl)
-    g_t = jnp.swapaxes(g, -1, -2)
-    g_drhs, g_t_quantizer = _prepare(
-      g_t, cfg.drhs.lhs, seed, _SALT_G_DRHS, impl
+    g_drhs, g_t_quantizer = _prepare_transposed(
+      g, cfg.drhs.lhs, seed, _SALT_G_DRHS, impl
     )
   # dlhs (B, M, K) = g (B, M, N) . rhs^T
   w, note, quantizer = _consume(
-    _transposed(b), cfg.dlhs.rhs, seed, _SALT_REQUANT_DLHS, impl
+    b,
+    not plan.rhs_residual_transposed,
+    cfg.dlhs.rhs,
+    seed,
+    _SALT_REQUANT_DLHS,
+    impl,
   )
-  notes = (note, g_quantizer, quantizer)
+  notes = (("", g_quantizer), (note, quantizer))
   dlhs = _gemm(g_dlhs, w, plan.lhs_dtype, plan, "dlhs", cfg.dlhs, notes)
-  # drhs (B, N, K) = g^T (B, N, M) . lhs^T
+  # drhs (B, N, K) = g^T (B, N, M) . lhs^T, or (B, K, N) = lhs^T . g^T
   x, note, quantizer = _consume(
-    _transposed(a), cfg.drhs.rhs, seed, _SALT_REQUANT_DRHS, impl
+    a,
+    not plan.lhs_residual_transposed,
+    cfg.drhs.rhs,
+    seed,
+    _SALT_REQUANT_DRHS,
+    impl,
   )
-  notes = (note, g_t_quantizer, quantizer)
-  drhs = _gemm(g_drhs, x, plan.rhs_dtype, plan, "drhs", cfg.drhs, notes)
+  notes = (("", g_t_quantizer), (note, quantizer))
+  operands = (g_drhs, x)
+  if plan.rhs_kn:
+    notes, operands = notes[::-1], operands[::-1]
+  drhs = _gemm(*operands, plan.rhs_dtype, plan, "drhs", plan.drhs_spec, notes)
   return dlhs, drhs, None
 
 
@@ -317,7 +445,7 @@ def quantized_dot_general(
       "uint32 scalar or a jax.random key)"
     )
   seed = as_seed(seed) if seed is not None else jnp.zeros((), jnp.uint32)
-  impl = _dispatch.resolve(implementation, config)
+  impl = _dispatch.resolve(implementation, _as_run(config, layout.rhs_kn))
   explicit = jax.sharding.get_abstract_mesh().explicit_axes
   if explicit:
     # The type lax.dot_general would give (traced aside: adds no equation;
@@ -363,5 +491,6 @@ def _quantized(lhs, rhs, layout, seed, config, impl, out_dtype, precision):
     rhs_dtype=np.dtype(rhs.dtype),
     out_dtype=out_dtype,
     precision=_as_precision(precision),
+    rhs_kn=layout.rhs_kn,
   )
   return layout.out(_qdot(layout.lhs(lhs), layout.rhs(rhs), seed, plan))

@@ -2,6 +2,7 @@
 
 import abc
 
+import jax.numpy as jnp
 from jax import Array
 
 from lowprec_jax._implementations import Implementation
@@ -53,6 +54,17 @@ class GemmImplementation(Implementation):
   @abc.abstractmethod
   def dequantize(self, qt: QTensor, dtype) -> Array:
     """``qt`` dequantized to ``dtype``."""
+
+  def requantize(
+    self, qt: QTensor, want: OperandQuant, seed
+  ) -> tuple[QTensor, str]:
+    """``qt`` dequantized to float32 and quantized as ``want`` says, and
+    the census's ``"<dequantizer>-><quantizer>"`` for it."""
+    high = self.dequantize(qt, jnp.float32)
+    done_by = f"{self.dequantizer_for(qt.format)}->"
+    return self.quantize(high, want, seed), done_by + self.quantizer_for(
+      want.format
+    )
 
   @abc.abstractmethod
   def matmul(self, a: QTensor, b: QTensor, out_dtype) -> Array:

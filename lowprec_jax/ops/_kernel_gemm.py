@@ -13,13 +13,19 @@ of kernel modules that share their contracts (codes and scales shaped like
   ``jax.jit``: eager autodiff dispatches XLA work while the interpreter's
   callbacks run their own, which can deadlock a 2-core host).
 
-Where one quantization of g serves both backward GEMMs, the fused INT8
-quantize+transpose kernel writes both layouts. A GEMM without a kernel is
+Where one quantization serves a GEMM in two layouts (g for both backward
+GEMMs, a residual saved in the backward's layout, a weight stored (K, N)),
+one kernel writes both layouts for INT8 blocks and for FP8 per-tensor
+scales and square blocks; other tiles quantize once and transpose the codes
+in XLA (the same bits, one more pass over the codes). A GEMM without a kernel is
 refused at resolution (:meth:`gemm_unsupported_reason`). A quantize or
 dequantize step whose tile has no kernel here (e.g. the Mosaic dequantize
-of the ``(128, 1)`` tile of ``fp8_block``'s transposed residual) runs the
-jnp reference of ``lowprec_jax.formats`` instead, which gives the same bits,
-and the census names it per operand (:meth:`quantizer_for`). Codes, scales
+of a 1 x G tile) runs the jnp reference of ``lowprec_jax.formats`` instead,
+which gives the same bits, and the census names it per operand
+(:meth:`quantizer_for`). ``fp8_block``'s weight gradient requantizes the
+saved 1 x 128 x as 128 x 1 groups: one Mosaic kernel dequantizes in
+registers (:meth:`requantize`); the portable kernels dequantize, then
+quantize. Codes, scales
 and INT8 GEMMs are bit-identical to ``"xla"`` (every implementation takes
 the correctly rounded ``1 / scale`` of :mod:`pallas_kernels.numerics`);
 FP8 GEMMs differ only in the f32 summation order (and, on Hopper, the FP8
@@ -50,8 +56,8 @@ class KernelGemm(GemmImplementation):
   Args:
     name: the implementation's name.
     quantize_kernels: module with ``quantize_int8_block``, ``quantize_fp8``,
-      ``dequantize``, ``unsupported_tile_reason`` and
-      ``unsupported_dequantize_reason``.
+      ``dequantize``, ``unsupported_tile_reason``,
+      ``unsupported_transpose_reason`` and ``unsupported_dequantize_reason``.
     int8_kernels: module with ``int8_block_matmul``.
     fp8_kernels: module with ``fp8_matmul`` and ``unsupported_reason``.
   """
@@ -93,7 +99,12 @@ class KernelGemm(GemmImplementation):
         x, block=fmt.block, rounding=rounding, seed=seed, **kw
       )
     return self.quantize_kernels.quantize_fp8(
-      x, dtype=fmt.storage_dtype, tile=fmt.tile, rounding=rounding, seed=seed
+      x,
+      dtype=fmt.storage_dtype,
+      tile=fmt.tile,
+      rounding=rounding,
+      seed=seed,
+      **kw,
     )
 
   def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
@@ -103,13 +114,44 @@ class KernelGemm(GemmImplementation):
     return QTensor(q, s, want.format, np.dtype(x.dtype))
 
   def quantize_with_transpose(self, x: Array, want: OperandQuant, seed):
-    """(quantization of x, the same codes as x^T); one kernel for INT8."""
+    """(quantization of x, the same codes as x^T); one kernel where the
+    tile has one (see the module docstring)."""
     fmt = want.format
-    if not fmt.grid.is_int8:
+    transposes = fmt.grid.is_int8 or (
+      self.quantizer_for(fmt) == self.name
+      and self.quantize_kernels.unsupported_transpose_reason(fmt.tile) is None
+    )
+    if not transposes:
       return super().quantize_with_transpose(x, want, seed)
     q, s, q_t, s_t = self._quantize(x, fmt, want.rounding, seed, transpose=True)
     dtype = np.dtype(x.dtype)
     return QTensor(q, s, fmt, dtype), QTensor(q_t, s_t, fmt, dtype)
+
+  def requantize(self, qt: QTensor, want: OperandQuant, seed):
+    """One kernel where there is one (``fp8_block``'s 1 x 128 x to 128 x 1
+    groups in Mosaic GPU), else dequantize then quantize."""
+    fmt = want.format
+    kernels = self.quantize_kernels
+    f32 = np.dtype(np.float32)
+    fused = (
+      not fmt.grid.is_int8
+      and not qt.format.grid.is_int8
+      and qt.format.scale_dtype == fmt.scale_dtype == f32
+      and kernels.unsupported_requantize_reason(qt.format.tile, fmt.tile)
+      is None
+    )
+    if not fused:
+      return super().requantize(qt, want, seed)
+    q, s = kernels.requantize_fp8(
+      qt.qvalue,
+      qt.scale,
+      in_tile=qt.format.tile,
+      dtype=fmt.storage_dtype,
+      tile=fmt.tile,
+      rounding=want.rounding,
+      seed=seed,
+    )
+    return QTensor(q, s, fmt, qt.dtype), f"{self.name}->{self.name}"
 
   def dequantize(self, qt: QTensor, dtype) -> Array:
     if self.dequantizer_for(qt.format) != self.name:

@@ -53,7 +53,7 @@ def requantize_tile(out, slots, q_out, s_g, seed, bi, origin, plan: BandPlan):
   for j in range(cols // s):
     m_slot[j, :] = jnp.max(a[:, j * s : (j + 1) * s], axis=1)
   plgpu.commit_smem()  # fence + warpgroup barrier: lanes read others' data
-  layout = strided(s, min(8, s * s // 128))
+  layout = strided((s, s))
   for i in range(rows // s):
     for j in range(cols // s):
       m = m_slot[j, i * s]

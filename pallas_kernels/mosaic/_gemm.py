@@ -5,7 +5,7 @@ codes, and fp32 scales given per row and per K chunk, ``sa`` (B, C, M) and
 ``sb`` (B, C, N):
 
     P_j[b, m, n] = sum_{k in chunk j} a[b, m, k] * b[b, n, k]
-    out[b, m, n] = sum_j (P_j[b, m, n] * sa[b, j, m]) * sb[b, j, n]
+    out[b, m, n] = sum_j P_j[b, m, n] * (sa[b, j, m] * sb[b, j, n])
 
 ``P_j`` comes from ``wgmma`` into a fresh int32 (int8) or fp32 (fp8)
 accumulator, exact for int8; the rescale and the sum over chunks run in fp32,
@@ -19,8 +19,28 @@ SM walks the output tiles; in each CTA a memory warpgroup streams
 ``tile_k``-wide slices of both operands (and the scale rows) through a
 ``max_concurrent_steps``-deep TMA pipeline, and two compute warpgroups each
 run ``wgmma`` on their half of the CTA tile. While one compute warpgroup
-promotes its partial sum (int32 -> fp32 exactly by the magic-number form,
-two multiplies, one add), the other can use the tensor cores. The epilogue
+promotes its partial sum, the other can use the tensor cores. Promotion is
+an int32 -> fp32 conversion (exact, by the magic-number form: one integer
+add, one float subtract) and ``carry + P * s`` with ``s = sa * sb``. Where a
+warpgroup's tile lies inside one scale block of an operand (INT8 128-blocks
+with 64-row warpgroup tiles and 128-wide N tiles), that operand's scale is
+one SMEM scalar per chunk, so for INT8 128-blocks ``s`` is one scalar and
+the promotion costs one multiply and one add per element instead of two
+multiplies and an add.
+
+**Ceiling of the promotion** (a derivation, not a measurement): an H200 SM
+issues 128 fp32 and 64 int32 operations per clock against ~4096 INT8 MACs
+per clock of dense ``wgmma``. Promoting every element of the tile once per
+K chunk of width c costs 2 fp32 operations and 1 int32 add (scalar scales)
+or 3 fp32 operations and 1 int32 add (row and column scales), so the
+promotion alone allows at most 64 (resp. ~43) elements per clock, i.e.
+64 c (43 c) MACs per clock. For c = 128 that is 8192 (5461) MACs/clock:
+above the tensor-core rate, so the 128-block GEMM can be MMA bound if
+promotion overlaps the other warpgroup's ``wgmma``. For Jetfire's c = 32
+it is 2048 (1365) MACs/clock: at most 50% (33%) of the INT8 peak, i.e. at
+most 1.0x (0.67x) the dense bf16 peak, however the waits are arranged.
+The faithful 32-block INT8 GEMM cannot beat bf16 on Hopper; its blocks
+serve accuracy experiments, and the 128-block variant is the fast one. The epilogue
 converts the fp32 tile to the output dtype in SMEM slots and stores it with
 TMA, overlapped with the next tile; or, for the INT8-out variant,
 requantizes it in S x S blocks (``_epilogue.requantize_tile``; that variant
@@ -101,6 +121,7 @@ def scaled_matmul(
   )
   a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
   rows = functools.partial(_operands.scale_rows, batch=batch, k=k, chunk=chunk)
+  uniform = (_uniform_rows(a_tile), _uniform_rows(b_tile))
   out = scaled_gemm(
     a,
     b,
@@ -114,12 +135,21 @@ def scaled_matmul(
     name=name,
     requantize=requantize,
     seed=seed,
+    uniform_rows=uniform,
   )
   if requantize is None:
     return out[:, :m, :n]
   q, s = out
   ob = requantize.block
   return q[:, :m, :n], s[:, : cdiv(m, ob), : cdiv(n, ob)]
+
+
+def _uniform_rows(tile) -> int:
+  """Rows that share one scale per chunk, aligned: S for (S, S) blocks, 1
+  otherwise (the promoted tiles are (S, S), (1, G))."""
+  if tile is not None and tile[0] == tile[1]:
+    return tile[0]
+  return 1
 
 
 def scaled_gemm(
@@ -136,6 +166,7 @@ def scaled_gemm(
   name: str,
   requantize: Q.BandPlan | None = None,
   seed=None,
+  uniform_rows: tuple[int, int] = (1, 1),
 ):
   """Runs the kernel on TMA-aligned operands (see ``_operands``).
 
@@ -152,6 +183,8 @@ def scaled_gemm(
     name: the kernel's name in profiles.
     requantize, seed: the INT8-out epilogue (see :func:`scaled_matmul`);
       ``seed`` a (1,) uint32 array for stochastic rounding.
+    uniform_rows: for a and b, how many aligned rows share one scale per
+      chunk (a warpgroup tile inside one such group reads a scalar scale).
 
   Returns:
     (B, M, No) in ``out_dtype``, No = N rounded up to the epilogue swizzle;
@@ -183,6 +216,7 @@ def scaled_gemm(
     out_dtype=jnp.dtype(out_dtype),
     tiles=(batch, cdiv(m, config.cta_m), cdiv(n, config.cta_n)),
     requantize=requantize,
+    uniform=_uniform_scales(config, *uniform_rows),
   )
   c = config
   out_type = jax.ShapeDtypeStruct((batch, m, n_out), out_dtype)
@@ -228,6 +262,14 @@ def scaled_gemm(
   return kernel(*args)
 
 
+def _uniform_scales(c: TuningConfig, a_rows: int, b_rows: int):
+  """(a, b): whether each warpgroup tile's rows of a (columns of b) lie in
+  one group of rows sharing a scale (tiles start at multiples of their
+  size, so divisibility is enough)."""
+  wg_rows = c.wg_tile_m if c.wg_dimension == "m" else c.cta_m
+  return a_rows % wg_rows == 0, b_rows % c.tile_n == 0
+
+
 def _kernel(
   a_g,
   b_g,
@@ -242,6 +284,7 @@ def _kernel(
   out_dtype,
   tiles,
   requantize,
+  uniform,
   o_smem=None,
   f_smem=None,
   q_smem=None,
@@ -308,6 +351,9 @@ def _kernel(
     wn = (
       pl.ds(wg * c.tile_n, c.tile_n) if c.wg_dimension == "n" else (slice(None))
     )
+    # The first row (column) of this warpgroup's tile within the CTA tile.
+    wm0 = wg * c.wg_tile_m if c.wg_dimension == "m" else 0
+    wn0 = wg * c.tile_n if c.wg_dimension == "n" else 0
 
     @plgpu.nd_loop((batch * m_tiles * n_tiles,), collective_axes="sm")
     def _tile(info):
@@ -329,12 +375,13 @@ def _kernel(
             return acc[...]
 
           p = pl.run_scoped(mma, plgpu.ACC((c.wg_tile_m, c.tile_n), acc_dtype))
-          s_a = plgpu.load(sa_s.at[j, wm], layout=_ROW)
-          s_b = plgpu.load(sb_s.at[j, wn], layout=_COL)
           shape = (c.wg_tile_m, c.tile_n)
-          carry = carry + _partial_to_f32(p, chunk) * _spread(
-            s_a, shape, 0
-          ) * _spread(s_b, shape, 1)
+          s = _scale_product(
+            _chunk_scale(sa_s.at[j], wm, wm0, uniform[0], _ROW),
+            _chunk_scale(sb_s.at[j], wn, wn0, uniform[1], _COL),
+            shape,
+          )
+          carry = carry + _partial_to_f32(p, chunk) * s
         return carry
 
       def promote_context(run):
@@ -371,7 +418,7 @@ def _kernel(
           sb_g.at[bi, 0, cn].at[wn], layout=_COL, optimized=False
         )
         shape = (c.wg_tile_m, c.tile_n)
-        out = p * _spread(s_a, shape, 0) * _spread(s_b, shape, 1)
+        out = p * (_spread(s_a, shape, 0) * _spread(s_b, shape, 1))
         store_tile(out, wg_out, o_smem.at[wg], c, out_dtype)
 
       if promoted:
@@ -405,6 +452,27 @@ def _partial_to_f32(p, chunk: int):
   assert chunk * 128 * 128 < 2**22, chunk
   bits = p + jnp.int32(_MAGIC_BITS)
   return lax.bitcast_convert_type(bits, jnp.float32) - jnp.float32(_MAGIC)
+
+
+def _chunk_scale(row_ref, window, first, uniform: bool, layout):
+  """One chunk's scales of this warpgroup's rows (a, ``_ROW``) or columns
+  (b, ``_COL``): an SMEM scalar when they are all one value, else a vector."""
+  if uniform:
+    return row_ref[first]
+  return plgpu.load(row_ref.at[window], layout=layout)
+
+
+def _scale_product(s_a, s_b, shape):
+  """``sa[m] * sb[n]`` over a WGMMA-layout tile: a scalar when both are
+  scalars, one multiply per row or column when one is, else per element."""
+  a_vec, b_vec = getattr(s_a, "ndim", 0) > 0, getattr(s_b, "ndim", 0) > 0
+  if not a_vec and not b_vec:
+    return s_a * s_b
+  if not b_vec:
+    return _spread(s_a * s_b, shape, 0)
+  if not a_vec:
+    return _spread(s_a * s_b, shape, 1)
+  return _spread(s_a, shape, 0) * _spread(s_b, shape, 1)
 
 
 def _spread(v, shape, dim):

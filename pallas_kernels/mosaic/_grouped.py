@@ -16,6 +16,12 @@ WGMMA_ROW or WGMMA_COL vector) broadcasts back over the tile. So
                scales, stage 2 loads each band's reciprocal row scales
                (WGMMA_ROW) and writes the codes.
 
+**Requantization** (``requantize_columns``): the (G, 1) kernel can read FP8
+codes with (1, G_in) scales instead of a float x and dequantize them in
+registers (``codes * scale`` in f32, exactly ``formats.dequantize``), which
+is how ``fp8_block``'s weight gradient turns the saved 1 x 128 activations
+into 128 x 1 groups without an f32 copy of x in HBM.
+
 Scales and codes follow the contract of :mod:`pallas_kernels.quantize`
 (``RN(1 / scale)`` corrected exactly, ``numerics.divided_reciprocal``; NaN/inf poison
 their tile; SR hashed at the global ``(b * M + m, k)``). A band's scales go
@@ -100,6 +106,8 @@ class GroupPlan(BandGeometry):
   cols: int
   grid: NumberGrid | None = None
   stochastic: bool = False
+  # x given as codes with (1, dequantize) scales (K-group-major, (B, K/G, M))
+  dequantize: int | None = None
 
   @property
   def band_rows(self) -> int:
@@ -118,7 +126,7 @@ class GroupPlan(BandGeometry):
     return b, m // self.group, k
 
 
-def _swizzled(shape, dtype, width: int) -> plgpu.SMEM:
+def swizzled(shape, dtype, width: int) -> plgpu.SMEM:
   """SMEM for a band whose ``width``-column sub-tiles the WGMMA layout
   reads and writes without bank conflicts (swizzled rows of at most one
   sub-tile, so that a sub-tile is whole swizzle tiles)."""
@@ -162,22 +170,33 @@ def _kernel(*refs, plan: GroupPlan):
   """One CTA: a ``rows x cols`` band of x (see the module docstring)."""
   refs = list(refs)
   x_g = refs.pop(0)
-  inv_g = refs.pop(0) if plan.mode == "apply" else None
+  # Per-row vectors of the band: 1/s ("apply") or the input codes' scales.
+  row_g = refs.pop(0) if plan.mode == "apply" or plan.dequantize else None
   seed_g = refs.pop(0) if plan.stochastic else None
   if plan.mode == "absmax":
     m_g, x_s, s_s, bar = refs
   elif plan.mode == "apply":
-    q_g, x_s, inv_s, q_s, bar, inv_bar = refs
+    q_g, x_s, row_s, q_s, bar, row_bar = refs
+  elif plan.dequantize:
+    q_g, s_g, x_s, row_s, q_s, s_s, bar, row_bar = refs
   else:
     q_g, s_g, x_s, q_s, s_s, bar = refs
   r, c, g = plan.rows, plan.cols, plan.group
   bi, i, j = (lax.axis_index(n) for n in ("b", "i", "j"))
   rows_g, cols_g = pl.ds(i * r, r), pl.ds(j * c, c)
   plgpu.copy_gmem_to_smem(x_g.at[bi, rows_g, cols_g], x_s, bar)
+  if row_g is not None:
+    # "apply": (B, M); dequantize: (B, K / G_in, M), this band's group.
+    row_src = (
+      row_g.at[bi]
+      if plan.mode == "apply"
+      else row_g.at[bi, j * c // plan.dequantize]
+    )
+    plgpu.copy_gmem_to_smem(row_src.at[rows_g], row_s, row_bar)
+    plgpu.barrier_wait(row_bar)
+    row_values = plgpu.load(row_s, layout=plgpu.Layout.WGMMA.reduce(1))
   if plan.mode == "apply":
-    plgpu.copy_gmem_to_smem(inv_g.at[bi, rows_g], inv_s, inv_bar)
-    plgpu.barrier_wait(inv_bar)
-    inverse = plgpu.load(inv_s, layout=plgpu.Layout.WGMMA.reduce(1))
+    inverse = row_values
     ok = inverse <= F32_MAX  # False for the NaN of a poisoned row
   plgpu.barrier_wait(bar)
   width = g if plan.axis == 1 else c
@@ -185,6 +204,8 @@ def _kernel(*refs, plan: GroupPlan):
     sub = pl.ds(t * width, width)
     x = plgpu.load(x_s.at[:, sub], layout=plgpu.Layout.WGMMA)
     x = x.astype(jnp.float32)
+    if plan.dequantize:  # codes * scale, as formats.dequantize
+      x = x * _spread(row_values, x.shape, 1)
     if plan.mode != "apply":
       absmax, ok = _max_along(x, plan.axis)
     if plan.mode == "absmax":
@@ -222,21 +243,22 @@ def _launch(plan: GroupPlan, args, interpret, name):
   f32 = jnp.float32
   code = None if plan.grid is None else plan.grid.dtype
   width = plan.group if plan.axis == 1 else c
-  scratch = [_swizzled((r, c), args[0].dtype, width)]
+  scratch = [swizzled((r, c), args[0].dtype, width)]
   scale_row = r if plan.axis == 1 else c
   if plan.mode == "absmax":
     outs = [jax.ShapeDtypeStruct(plan.scale_shape, f32)]
     scratch.append(plgpu.SMEM((1, r), f32))
   else:
     outs = [jax.ShapeDtypeStruct((b, m, k), code)]
-    if plan.mode == "apply":
+    row_vector = plan.mode == "apply" or plan.dequantize
+    if row_vector:
       scratch.append(plgpu.SMEM((r,), f32))
-    scratch.append(_swizzled((r, c), code, width))
+    scratch.append(swizzled((r, c), code, width))
     if plan.mode == "fused":
       outs.append(jax.ShapeDtypeStruct(plan.scale_shape, f32))
       scratch.append(plgpu.SMEM((plan.sub_tiles, scale_row), f32))
   scratch.append(plgpu.Barrier(num_arrivals=1))
-  if plan.mode == "apply":
+  if plan.mode != "absmax" and row_vector:
     scratch.append(plgpu.Barrier(num_arrivals=1))
   return _hw.launch_band(
     _kernel, plan, outs, scratch, args, interpret=interpret, name=name
@@ -293,6 +315,46 @@ def quantize_grouped(x, seed, *, plan: GroupPlan, interpret):
   else:
     s = s[:, : -(-m // plan.group), :k]
   return q[:, :m, :k], s
+
+
+def unsupported_requantize_reason(in_tile, tile) -> str | None:
+  """Why no kernel requantizes FP8 codes of ``in_tile`` to ``tile``."""
+  if (
+    isinstance(in_tile, tuple)
+    and in_tile[0] == 1
+    and in_tile[1] in GROUPS
+    and isinstance(tile, tuple)
+    and tile[1] == 1
+    and tile[0] in COLUMN_GROUPS
+    and in_tile[1] % _band_cols(tile[0], tile[0], 0) == 0
+  ):
+    return None
+  return (
+    "the Mosaic GPU requantize kernel turns (1, G_in) FP8 codes into "
+    f"(G, 1) groups (G_in in {GROUPS}, G in {COLUMN_GROUPS}, each band "
+    f"inside one input group); got {in_tile!r} -> {tile!r}"
+  )
+
+
+def requantize_plan(in_tile, tile, shape, grid, stochastic) -> GroupPlan:
+  """The (G, 1) plan over codes of (1, G_in) scales (see
+  :func:`unsupported_requantize_reason`)."""
+  plan = plan_for(tile, shape, grid, stochastic)
+  return dataclasses.replace(plan, dequantize=in_tile[1])
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "interpret"))
+def requantize_columns(q_in, s_in, seed, *, plan: GroupPlan, interpret):
+  """FP8 ``(q, s)`` over (G, 1) groups of ``q_in * s_in`` ((1, G_in)
+  scales, (B, M, cdiv(K, G_in))), dequantized in registers."""
+  b, m, k = plan.shape
+  _, pm, pk = plan.padded
+  groups = -(-pk // plan.dequantize)
+  s_in = jnp.pad(s_in, ((0, 0), (0, pm - m), (0, groups - s_in.shape[2])))
+  args = [plan.pad(q_in), jnp.swapaxes(s_in, 1, 2)]
+  args += [] if seed is None else [seed]
+  q, s = _launch(plan, args, interpret, "lpj_mosaic_requantize_fp8_columns")
+  return q[:, :m, :k], s[:, : -(-m // plan.group), :k]
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "interpret"))

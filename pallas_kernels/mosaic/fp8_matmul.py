@@ -1,11 +1,11 @@
 """Scaled FP8 GEMM on Hopper (Mosaic GPU): the ``"mosaic"`` twin.
 
 Same contract as :func:`pallas_kernels.fp8_matmul.fp8_matmul`: codes
-``a_q`` (B, M, K) in E4M3 or E5M2 and ``b_q`` (B, N, K) in E4M3, scales
+``a_q`` (B, M, K) and ``b_q`` (B, N, K) in E4M3 or E5M2, scales
 shaped like ``QTensor.scale`` for their tiles. With ``c`` the finer
 contraction tile of the two operands (None when both scales span K):
 
-    out[b, m, n] = sum_j (P_j * sa_j[b, m]) * sb_j[b, n]
+    out[b, m, n] = sum_j P_j * (sa_j[b, m] * sb_j[b, n])
     P_j = sum_{k in chunk j of c} a_q[b, m, k] * b_q[b, n, k]   (fp32 wgmma)
 
 Supported tile pairs (``a_tile x b_tile``):
@@ -19,7 +19,9 @@ Supported tile pairs (``a_tile x b_tile``):
   column scales (which also bounds the error of Hopper's reduced-precision
   FP8 accumulation to one chunk).
 
-E5M2 x E4M3 is a native mixed-type ``wgmma`` from jax 0.11.0 on: no upcast.
+Mixed E5M2/E4M3 pairs (either way round: the weight gradient of a stored
+(K, N) weight runs ``x^T . g^T`` with g in E5M2 as b) are native mixed-type
+``wgmma`` from jax 0.11.0 on: no upcast.
 """
 
 import functools
@@ -33,7 +35,7 @@ from pallas_kernels.mosaic._config import TuningConfig
 from pallas_kernels.mosaic._gemm import scaled_matmul
 
 A_DTYPES = (np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2))
-B_DTYPES = (np.dtype(jnp.float8_e4m3fn),)
+B_DTYPES = A_DTYPES
 TILE_PAIRS = (
   (None, None),
   ((1, None), (1, None)),
@@ -51,7 +53,7 @@ def unsupported_reason(a_tile, b_tile, a_dtype, b_dtype) -> str | None:
     )
   if np.dtype(a_dtype) not in A_DTYPES or np.dtype(b_dtype) not in B_DTYPES:
     return (
-      f"the Hopper FP8 kernel multiplies E4M3 or E5M2 codes by E4M3 codes, "
+      f"the Hopper FP8 kernel multiplies E4M3 or E5M2 codes, "
       f"got {np.dtype(a_dtype)} x {np.dtype(b_dtype)}"
     )
   return None

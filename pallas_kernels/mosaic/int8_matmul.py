@@ -5,7 +5,7 @@ codes ``a_q`` (B, M, K) and ``b_q`` (B, N, K) quantized in square
 ``block x block`` tiles with scales ``a_s`` (B, cdiv(M, block),
 cdiv(K, block)) and ``b_s`` (B, cdiv(N, block), cdiv(K, block)):
 
-    out[b, m, n] = sum_j (P_j * a_s[b, m // block, j]) * b_s[b, n // block, j]
+    out[b, m, n] = sum_j P_j * (a_s[b, m // block, j] * b_s[b, n // block, j])
     P_j = sum_{k in K block j} a_q[b, m, k] * b_q[b, n, k]   (exact int32)
 
 ``P_j`` is an s8 x s8 -> s32 ``wgmma``; each K block's partial sum is

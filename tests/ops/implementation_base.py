@@ -162,9 +162,10 @@ class QuantizedDotTestBase(ImplementationTestBase):
 
   @cases("recipe", "expected_kernels", keys=True)
   def test_quantizes_and_multiplies_with_the_kernels(self, recipe):
-    """Forward operands through the quantize kernels; g of the INT8 recipes
-    through one fused quantize+transpose kernel (one quantization for both
-    backward GEMMs); the three GEMMs in the GEMM kernel, none in XLA."""
+    """Operands through the quantize kernels, each quantized once by a
+    kernel writing both layouts where its tile has one (x and x^T, w as
+    stored and w^T, g and g^T); the three GEMMs in the GEMM kernel, none in
+    XLA."""
     lhs, rhs, g = self.inputs(jnp.float32)
     jaxpr = jax.make_jaxpr(_vjp.__wrapped__, static_argnums=(3, 4))(
       lhs, rhs, g, KERNEL_RECIPES[recipe], self.implementation

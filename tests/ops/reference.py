@@ -7,6 +7,8 @@ blocked int32/fp8 dots, so it checks the GEMMs, the scale bookkeeping and the
 transposes of the backward pass.
 """
 
+import dataclasses
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -52,17 +54,40 @@ def _fq(x, spec, seed, salt):
   )
 
 
+def _fq_rhs(layout, rhs, spec, seed):
+  """The forward rhs (B, N, K); a rhs stored (K, N) is quantized as it is
+  stored, with the transposed tile (and SR hashed at its coordinates)."""
+  if not layout.rhs_kn:
+    return _fq(layout.rhs(rhs), spec, seed, _SALT_FWD_RHS)
+  spec = _transposed_spec(spec)
+  return jnp.swapaxes(_fq(layout.rhs(rhs), spec, seed, _SALT_FWD_RHS), 1, 2)
+
+
 def _mm(a, b):
   """(B, M, K) x (B, N, K) -> (B, M, N) in f32 at HIGHEST precision."""
   return jnp.einsum("bmk,bnk->bmn", a, b, precision=HI)
 
 
-def _residual(fwd_value, fwd_spec, want, seed, salt):
-  """The operand a backward GEMM sees for a residual (already transposed)."""
-  if want.format is None or fwd_spec.format == want.format:
-    return fwd_value
-  # Requantization from the dequantized residual.
-  return _fq(fwd_value, want, seed, salt)
+def _transposed_spec(spec):
+  if spec.format is None:
+    return spec
+  return dataclasses.replace(spec, format=spec.format.transpose())
+
+
+def _residual(saved, saved_spec, transpose, want, seed, salt):
+  """The operand a backward GEMM sees for a residual: the forward's
+  quantized value ``saved`` (in the layout the op saves it, quantized as
+  ``saved_spec``), transposed when ``transpose``. Another format is
+  requantized from the dequantized residual in its saved layout, with the
+  transposed tile when ``transpose`` (SR at the saved layout's
+  coordinates)."""
+  view = jnp.swapaxes(saved, 1, 2) if transpose else saved
+  view_spec = _transposed_spec(saved_spec) if transpose else saved_spec
+  if want.format is None or view_spec.format == want.format:
+    return view
+  spec = _transposed_spec(want) if transpose else want
+  q = _fq(saved, spec, seed, salt)
+  return jnp.swapaxes(q, 1, 2) if transpose else q
 
 
 def gemm(lhs_format, rhs_format) -> GemmQuant:
@@ -82,14 +107,16 @@ def reference(lhs, rhs, dims, g, *, config, seed):
   seed = jnp.asarray(seed, jnp.uint32)
   layout = canonicalize(lhs, rhs, dims)
   a = _fq(layout.lhs(lhs), cfg.fwd.lhs, seed, _SALT_FWD_LHS)
-  b = _fq(layout.rhs(rhs), cfg.fwd.rhs, seed, _SALT_FWD_RHS)
+  b = _fq_rhs(layout, rhs, cfg.fwd.rhs, seed)
   out = _mm(a, b)
   g3 = g.reshape(out.shape)
   ga = _fq(g3, cfg.dlhs.lhs, seed, _SALT_G_DLHS)
-  fmt_t = cfg.fwd.rhs.format.transpose() if cfg.fwd.rhs.format else None
+  # The op saves a (K, N)-stored rhs as stored, others as quantized.
+  kn = layout.rhs_kn
   bt = _residual(
-    jnp.swapaxes(b, 1, 2),
-    type(cfg.fwd.rhs)(format=fmt_t),
+    jnp.swapaxes(b, 1, 2) if kn else b,
+    _transposed_spec(cfg.fwd.rhs) if kn else cfg.fwd.rhs,
+    not kn,
     cfg.dlhs.rhs,
     seed,
     _SALT_REQUANT_DLHS,
@@ -103,15 +130,10 @@ def reference(lhs, rhs, dims, g, *, config, seed):
   if same_g:
     gt = jnp.swapaxes(ga, 1, 2)
   else:
-    gt = _fq(jnp.swapaxes(g3, 1, 2), cfg.drhs.lhs, seed, _SALT_G_DRHS)
-  fmt_t = cfg.fwd.lhs.format.transpose() if cfg.fwd.lhs.format else None
-  at = _residual(
-    jnp.swapaxes(a, 1, 2),
-    type(cfg.fwd.lhs)(format=fmt_t),
-    cfg.drhs.rhs,
-    seed,
-    _SALT_REQUANT_DRHS,
-  )
+    # g^T's quantization: g with the transposed tile (SR at g's coordinates).
+    spec = _transposed_spec(cfg.drhs.lhs)
+    gt = jnp.swapaxes(_fq(g3, spec, seed, _SALT_G_DRHS), 1, 2)
+  at = _residual(a, cfg.fwd.lhs, True, cfg.drhs.rhs, seed, _SALT_REQUANT_DRHS)
   drhs = _mm(gt, at)
   dlhs = _from_canonical(dlhs, lhs.shape, layout.lhs_perm)
   drhs = _from_canonical(drhs, rhs.shape, layout.rhs_perm)
@@ -128,7 +150,7 @@ def abs_dot(lhs, rhs, dims, g):
   """The same three products on |values|: the scale of fp32 rounding error."""
   layout = canonicalize(lhs, rhs, dims)
   a = jnp.abs(layout.lhs(lhs).astype(jnp.float32))
-  b = jnp.abs(layout.rhs(rhs).astype(jnp.float32))
+  b = jnp.abs(_fq_rhs(layout, rhs, OperandQuant(), 0))
   out = _mm(a, b)
   g3 = jnp.abs(g.reshape(out.shape).astype(jnp.float32))
   dlhs = _mm(g3, jnp.swapaxes(b, 1, 2))

@@ -8,25 +8,30 @@ import pytest
 from lowprec_jax.ops._dimension_numbers import canonicalize
 from tests.helpers import normal
 
+# (lhs shape, rhs shape, dims, rhs stored batch + contracting + free)
 CASES = [
-  ((8, 16), (16, 4), (((1,), (0,)), ((), ()))),
-  ((8, 16), (4, 16), (((1,), (1,)), ((), ()))),
-  ((16, 8), (16, 4), (((0,), (0,)), ((), ()))),
-  ((2, 5, 16), (16, 3), (((2,), (0,)), ((), ()))),
-  ((3, 5, 16), (3, 16, 7), (((2,), (1,)), ((0,), (0,)))),
-  ((5, 3, 16), (16, 7, 3), (((2,), (0,)), ((1,), (2,)))),
-  ((4, 6, 20), (6, 20, 9), (((1, 2), (0, 1)), ((), ()))),
-  ((4, 6, 20), (20, 9, 6), (((1, 2), (2, 0)), ((), ()))),
-  ((2, 3, 4, 5), (3, 5, 2, 6), (((3,), (1,)), ((0, 1), (2, 0)))),
+  ((8, 16), (16, 4), (((1,), (0,)), ((), ())), True),
+  ((8, 16), (4, 16), (((1,), (1,)), ((), ())), False),
+  ((16, 8), (16, 4), (((0,), (0,)), ((), ())), True),
+  ((2, 5, 16), (16, 3), (((2,), (0,)), ((), ())), True),
+  ((3, 5, 16), (3, 16, 7), (((2,), (1,)), ((0,), (0,))), True),
+  ((5, 3, 16), (16, 7, 3), (((2,), (0,)), ((1,), (2,))), False),
+  ((4, 6, 20), (6, 20, 9), (((1, 2), (0, 1)), ((), ())), True),
+  ((4, 6, 20), (20, 9, 6), (((1, 2), (2, 0)), ((), ())), False),
+  ((2, 3, 4, 5), (3, 5, 2, 6), (((3,), (1,)), ((0, 1), (2, 0))), False),
 ]
 
 
-@pytest.mark.parametrize("lshape, rshape, dims", CASES)
-def test_canonical_product_equals_lax_dot_general(lshape, rshape, dims):
+@pytest.mark.parametrize("lshape, rshape, dims, kn", CASES)
+def test_canonical_product_equals_lax_dot_general(lshape, rshape, dims, kn):
   lhs, rhs = normal(lshape), normal(rshape, seed=1)
   layout = canonicalize(lhs, rhs, dims)
+  assert layout.rhs_kn == kn
+  if kn:  # the stored (K, N) weight is handed over without moving data
+    jaxpr = jax.make_jaxpr(layout.rhs)(rhs).jaxpr
+    assert [e.primitive.name for e in jaxpr.eqns] in ([], ["reshape"])
   out3 = jnp.einsum(
-    "bmk,bnk->bmn",
+    "bmk,bkn->bmn" if kn else "bmk,bnk->bmn",
     layout.lhs(lhs),
     layout.rhs(rhs),
     precision=jax.lax.Precision.HIGHEST,

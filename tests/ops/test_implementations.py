@@ -34,9 +34,10 @@ class TestPallasImplementation(QuantizedDotTestBase):
     "fp8_current": dict(fwd=E4M3, dlhs=BF16, drhs=BF16),
     "fp8_block": dict(fwd=E4M3, dlhs=E4M3, drhs=E4M3),
   }
+  # x (and x^T for drhs), w as stored (and w^T for the forward), g (and
+  # g^T): each one kernel writing both layouts.
   expected_kernels = {
-    "jetfire_int8": [("lpj_quantize_int8_block", 2)] * 2  # x and w
-    + [("lpj_quantize_int8_block", 4)]  # g and g^T, one kernel
+    "jetfire_int8": [("lpj_quantize_int8_block", 4)] * 3
     + [("lpj_int8_block_matmul", 1)] * 3
   }
 
@@ -50,18 +51,25 @@ class TestMosaicImplementation(QuantizedDotTestBase):
     "fp8_current": dict(
       fwd=E4M3,
       dlhs=("float8_e5m2", "float8_e4m3fn", "float32"),
-      drhs=("float8_e5m2", "float8_e4m3fn", "float32"),
+      drhs=("float8_e4m3fn", "float8_e5m2", "float32"),  # x^T . g^T
     )
   }
+  # x, w (as stored) and g each quantized once by a kernel writing both
+  # layouts; fp8_block's 1 x 128 groups of x, g and g along M (a 128 x 1
+  # tile of g, its codes transposed) have no transposed copy, and its x^T
+  # is requantized from the saved x in one kernel.
   expected_kernels = {
-    "jetfire_int8": [("lpj_mosaic_quantize_int8", 2)] * 2
-    + [("lpj_mosaic_quantize_int8_transpose", 3)]
+    "jetfire_int8": [("lpj_mosaic_quantize_int8_transpose", 3)] * 3
     + [("lpj_mosaic_int8_block32_matmul", 1)] * 3,
-    "fp8_current": [("lpj_mosaic_absmax", 1), ("lpj_mosaic_quantize_fp8", 1)]
+    "fp8_current": [
+      ("lpj_mosaic_absmax", 1),
+      ("lpj_mosaic_quantize_fp8_transpose", 2),
+    ]
     * 3  # x, w and g: per-tensor absmax, then quantize
     + [("lpj_mosaic_fp8_matmul", 1)] * 3,
-    "fp8_block": [("lpj_mosaic_quantize_fp8_groups", 2)] * 4  # 1 x 128
-    + [("lpj_mosaic_quantize_fp8", 2)]  # w, 128 x 128
+    "fp8_block": [("lpj_mosaic_quantize_fp8_groups", 2)] * 3
+    + [("lpj_mosaic_requantize_fp8_columns", 2)]
+    + [("lpj_mosaic_quantize_fp8_transpose", 3)]  # w, 128 x 128
     + [("lpj_mosaic_fp8_matmul", 1)] * 3,
   }
 

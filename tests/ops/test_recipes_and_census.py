@@ -1,5 +1,7 @@
 """Recipes hold the documented formats; the census reports what ran."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -13,7 +15,7 @@ from lowprec_jax.ops import (
   quantized_dot_general,
 )
 from tests.helpers import normal
-from tests.ops.reference import fwd_only
+from tests.ops.reference import fwd_only, gemm
 
 
 def test_recipes_are_what_the_docs_say():
@@ -86,7 +88,8 @@ def test_census_notes_requantized_residuals_and_rounding():
   x, w1, w2 = normal((64, 96)), normal((96, 128), seed=1), normal((128, 32))
   rep = census(jax.grad(_two_layers("fp8_block"), argnums=1), x, w1, w2)
   drhs = [r for r in rep.records if r.role == "drhs"]
-  assert all(r.rhs_format == "e4m3_1x128~requantized" for r in drhs)
+  # The (K, N) weight's gradient is x^T . g^T: x is the lhs.
+  assert all(r.lhs_format == "e4m3_1x128~requantized" for r in drhs)
   rep = census(jax.grad(_two_layers("jetfire_int8"), argnums=1), x, w1, w2)
   assert {r.lhs_format for r in rep.records if r.role == "dlhs"} == {
     "int8_block32_sr"
@@ -107,25 +110,35 @@ def test_census_multiplies_scanned_layers(length):
   assert [rep.total(role=r) for r in ("fwd", "dlhs", "drhs")] == [length] * 3
 
 
-def test_mosaic_census_records_a_quantize_step_without_a_mosaic_kernel():
-  """fp8_block's drhs requantizes the saved 1 x 128 x (a (128, 1) tile once
-  transposed): the Mosaic dequantize kernel has no (128, 1) tile, so the
-  jnp reference dequantizes it (the same bits) and the census says so."""
+@pytest.mark.parametrize("drhs", ["fp8_block", "per_tensor"])
+def test_mosaic_census_records_who_requantized(drhs):
+  """fp8_block's drhs (x^T . g^T for a (K, N) weight) requantizes the saved
+  1 x 128 x as 128 x 1 groups in one Mosaic kernel. A drhs wanting x^T per
+  tensor dequantizes the 1 x 128 groups first, which has no Mosaic kernel:
+  the jnp reference does it (the same bits) and the census says so."""
   x, w = normal((64, 256)), normal((256, 128), seed=1)
+  config = get_recipe("fp8_block")
+  if drhs == "per_tensor":  # g^T (E5M2) and x^T (E4M3) per tensor
+    spec = gemm(Fp8.per_tensor("e5m2"), Fp8.per_tensor("e4m3"))
+    config = dataclasses.replace(config, name="blocks_then_tensor", drhs=spec)
 
   def loss(x, w):
-    kw = dict(config="fp8_block", implementation="mosaic")
+    kw = dict(config=config, implementation="mosaic")
     return jnp.sum(quantized_dot_general(x, w, DIMS, **kw))
 
   rep = census(jax.jit(jax.grad(loss, argnums=(0, 1))), x, w)
   quantizers = {r.role: (r.lhs_quantizer, r.rhs_quantizer) for r in rep.records}
+  requantizer = {"fp8_block": "mosaic", "per_tensor": "xla"}[drhs]
   assert quantizers == {
     "fwd": ("mosaic", "mosaic"),
     "dlhs": ("mosaic", "residual"),
-    "drhs": ("mosaic", "xla->mosaic"),
+    "drhs": (f"{requantizer}->mosaic", "mosaic"),
   }
-  assert [r.role for r in rep.records if r.substituted] == ["drhs"]
-  assert "[quantized by mosaic x xla->mosaic]" in rep.summary()
+  substituted = [r.role for r in rep.records if r.substituted]
+  assert substituted == ([] if drhs == "fp8_block" else ["drhs"])
+  assert ("[quantized by xla->mosaic x mosaic]" in rep.summary()) == bool(
+    substituted
+  )
   assert {r.implementation for r in rep.records} == {"mosaic"}
 
 

@@ -1,7 +1,8 @@
 """Scaled FP8 GEMM kernels against their twin, "xla" and float64.
 
 The tests of every implementation's ``fp8_matmul``; ``test_fp8_matmul.py``
-subclasses :class:`Fp8MatmulTestBase`. a is E4M3 or E5M2, b is E4M3.
+subclasses :class:`Fp8MatmulTestBase`. a and b are E4M3 or E5M2 (b is
+E5M2 in the weight gradient of a stored (K, N) weight, x^T . g^T).
 
 Exact cases: codes in [-5, 5] (exact in E4M3 and E5M2) and scales 2^e
 (``exact_scale_exponents``): every partial sum is a multiple of 2^-2E that
@@ -60,6 +61,7 @@ class Fp8Case(NamedTuple):
   b_tile: tuple | None
   a_dtype: type
   bmnk: tuple[int, int, int, int]
+  b_dtype: type = E4M3
 
   @property
   def tiles(self) -> dict:

@@ -2,7 +2,7 @@
 
 The tests of every implementation's ``int8_block_matmul``;
 ``test_int8_matmul.py`` subclasses :class:`Int8MatmulTestBase`.
-``out = sum_j (float(P_j) * sa_j) * sb_j`` over the K blocks j, with ``P_j``
+``out = sum_j float(P_j) * (sa_j * sb_j)`` over the K blocks j, with ``P_j``
 the int8 x int8 -> int32 dot of block j.
 
 Exact cases: codes in [-5, 5] and scales 2^e (``exact_scale_exponents``):
@@ -12,7 +12,7 @@ the float64 product bit for bit, in any order of the same operations.
 
 General cases (codes over [-127, 127], log-normal scales). P_j is exact
 (|P_j| < 2^21). An implementation that adds the same f32 terms
-``(float(P_j) * sa) * sb`` in the same order as the ``"xla"`` implementation
+``float(P_j) * (sa * sb)`` in the same order as the ``"xla"`` implementation
 and the twin, on the same compiler, agrees with both bit for bit
 (``same_bits_as_xla``: the Pallas kernel, and the Hopper kernel in the
 interpreter). Against float64 each term then carries two roundings (2u

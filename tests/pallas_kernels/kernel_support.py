@@ -129,8 +129,10 @@ def fp8_scale_shape(shape, tile) -> tuple[int, int, int]:
   return (b, cdiv(r, tile[0]), cdiv(k, tile[1]))
 
 
-def fp8_operands(a_tile, b_tile, a_dtype, bmnk, *, data: str, seed: int = 3):
-  """(a_q, a_s, b_q, b_s) of a scaled FP8 GEMM (B, M, N, K); b is E4M3.
+def fp8_operands(
+  a_tile, b_tile, a_dtype, bmnk, b_dtype=E4M3, *, data: str, seed: int = 3
+):
+  """(a_q, a_s, b_q, b_s) of a scaled FP8 GEMM (B, M, N, K).
   The arguments are an ``Fp8Case``'s fields.
 
   ``data``: ``"exact"`` (codes in [-5, 5], exact in E4M3 and E5M2, scales
@@ -142,10 +144,11 @@ def fp8_operands(a_tile, b_tile, a_dtype, bmnk, *, data: str, seed: int = 3):
   if data == "normal":
     a_fmt = Fp8(FP8_NAMES[np.dtype(a_dtype)], a_tile)
     a = quantize(normal((b, m, k), seed=seed), a_fmt)
-    w = quantize(normal((b, n, k), seed=seed + 1), Fp8("e4m3", b_tile))
+    b_fmt = Fp8(FP8_NAMES[np.dtype(b_dtype)], b_tile)
+    w = quantize(normal((b, n, k), seed=seed + 1), b_fmt)
     return a.qvalue, a.scale, w.qvalue, w.scale
   exact = data == "exact"
-  g = rng("fp8_matmul", a_tile, b_tile, str(a_dtype), exact)
+  g = rng("fp8_matmul", a_tile, b_tile, str(a_dtype), str(b_dtype), exact)
 
   def operand(rows, dtype, tile):
     if exact:
@@ -158,7 +161,7 @@ def fp8_operands(a_tile, b_tile, a_dtype, bmnk, *, data: str, seed: int = 3):
     scales = _scales(g, shape, exact, exact_scale_exponents(k), -3)
     return codes.astype(dtype), scales
 
-  return *operand(m, a_dtype, a_tile), *operand(n, E4M3, b_tile)
+  return *operand(m, a_dtype, a_tile), *operand(n, b_dtype, b_tile)
 
 
 # (B, M, N, K) of the Mosaic GEMM tests: aligned, ragged and exact (on a

@@ -129,6 +129,8 @@ class QuantizeTestBase(ImplementationTestBase):
   fp8_cases: dict[str, Fp8Case]
   fp8_special_cases: dict[str, Fp8Case]
   dequantize_cases: dict[str, DequantizeCase]
+  # FP8 requantization, id -> (shape, in_tile, tile, dtype, rounding)
+  requantize_cases: dict[str, tuple] = {}
   # (function name, tile, message) of tiles without a kernel
   unsupported_tiles: tuple[tuple[str, tuple, str], ...] = ()
   detects_races = False  # runs in an interpreter with a race detector
@@ -155,15 +157,20 @@ class QuantizeTestBase(ImplementationTestBase):
     return got
 
   def check_fp8(self, x, tile, dtype, rounding, seed):
+    """Also checks the transposed copy where the kernel writes one."""
     kw = dict(dtype=dtype, tile=tile, rounding=rounding, seed=seed)
-    got = self._run("quantize_fp8", x, **kw)
+    transpose = self.kernels.unsupported_transpose_reason(tile) is None
+    got = self._run("quantize_fp8", x, transpose=transpose, **kw)
+    assert len(got) == (4 if transpose else 2)
     fmt = _fp8_format(dtype, tile)
     lib_seed = jnp.uint32(0 if seed is None else seed)
     want = _library(x, lib_seed, fmt=fmt, rounding=rounding)
-    for g, t, w in zip(got, twin.quantize_fp8_reference(x, **kw), want):
-      assert_bitwise(g, t, "kernel vs twin")
-      assert_bitwise(g, w, "kernel vs formats.quantize")
-    return got
+    for i, (t, w) in enumerate(zip(twin.quantize_fp8_reference(x, **kw), want)):
+      assert_bitwise(got[i], t, "kernel vs twin")
+      assert_bitwise(got[i], w, "kernel vs formats.quantize")
+      if transpose:  # the transposed copy is the same quantization
+        assert_bitwise(got[i + 2], np.swapaxes(w, 1, 2), "transposed copy")
+    return got[:2]
 
   @pytest.mark.parametrize("shape", ["aligned", "ragged"])
   @pytest.mark.parametrize("block", [32, 128])
@@ -196,6 +203,32 @@ class QuantizeTestBase(ImplementationTestBase):
       x = with_specials(x)
     seed = FP8_SEED if case.rounding == "stochastic" else None
     self.check_fp8(x, case.tile, case.dtype, case.rounding, seed)
+
+  @cases("case", "requantize_cases")
+  def test_requantize_is_dequantize_then_quantize(self, case):
+    """One kernel, the bits of formats.dequantize then formats.quantize
+    (NaN/inf groups of the input poison their output groups too)."""
+    shape, in_tile, tile, dtype, rounding = case
+    src = quantize(
+      with_specials(normal(shape, seed=11) * 40), Fp8("e4m3", in_tile)
+    )
+    seed = FP8_SEED if rounding == "stochastic" else None
+    got = self._run(
+      "requantize_fp8",
+      src.qvalue,
+      src.scale,
+      in_tile=in_tile,
+      dtype=dtype,
+      tile=tile,
+      rounding=rounding,
+      seed=seed,
+    )
+    lib_seed = jnp.uint32(0 if seed is None else seed)
+    high = src.dequantize(jnp.float32)
+    fmt = _fp8_format(dtype, tile)
+    want = _library(high, lib_seed, fmt=fmt, rounding=rounding)
+    for g, w in zip(got, want, strict=True):
+      assert_bitwise(g, w, "kernel vs formats.dequantize + quantize")
 
   @cases("rounding", "int8_special_roundings")
   def test_int8_special_values(self, rounding):

@@ -25,11 +25,15 @@ from tests.pallas_kernels.kernel_support import (
 
 
 def _table(rows) -> dict[str, Fp8Case]:
-  """{'1x128-128x128-e4m3': Fp8Case} from (a_tile, b_tile, a_dtype, bmnk)."""
+  """{'1x128-128x128-e4m3': Fp8Case} from (a_tile, b_tile, a_dtype, bmnk
+  [, b_dtype]); the key names b's dtype when it is not E4M3."""
   table = {}
-  for case in map(Fp8Case._make, rows):
+  for case in (Fp8Case(*row) for row in rows):
     key = f"{tiles.name(case.a_tile)}-{tiles.name(case.b_tile)}-"
-    table[key + FP8_NAMES[jnp.dtype(case.a_dtype)]] = case
+    key += FP8_NAMES[jnp.dtype(case.a_dtype)]
+    if jnp.dtype(case.b_dtype) != jnp.dtype(E4M3):
+      key += "-x-" + FP8_NAMES[jnp.dtype(case.b_dtype)]
+    table[key] = case
   return table
 
 
@@ -50,6 +54,7 @@ class TestPallasFp8Matmul(Fp8MatmulTestBase):
     ]
     + [((1, 32), (32, 32), E4M3, PALLAS_BMNK)]
     + [((1, 64), (1, 64), E5M2, PALLAS_BMNK)]
+    + [(*TENSOR, E4M3, PALLAS_BMNK, E5M2)]  # x^T . g^T (fp8_current wgrad)
   )
   fp8_budget = "float64"
   bf16_case = Fp8Case(*BLOCK, E4M3, PALLAS_BMNK)
@@ -62,8 +67,11 @@ class TestPallasFp8Matmul(Fp8MatmulTestBase):
       (1, 128), (64, 64), r"a_tile=\(1, 128\) x b_tile=\(64, 64\)"
     ),
     "1x16": ErrorCase((1, 16), (1, 16), r"with G in \(32, 64, 128\)"),
-    "e4m3-x-e5m2": ErrorCase(
-      *TENSOR, "float8_e4m3fn x float8_e5m2 are not supported", b_dtype=E5M2
+    "e5m2-x-e5m2": ErrorCase(
+      *TENSOR,
+      "float8_e5m2 x float8_e5m2 are not supported",
+      a_dtype=E5M2,
+      b_dtype=E5M2,
     ),
   }
 
@@ -79,6 +87,7 @@ class TestMosaicFp8Matmul(Fp8MatmulTestBase):
       (*BLOCK, E5M2, EXACT),
       (*BLOCK, E4M3, RAGGED),
       (*GROUPS, E4M3, RAGGED),
+      (*TENSOR, E4M3, EXACT, E5M2),  # x^T . g^T (fp8_current wgrad)
     ]
   )
   general_cases = _table([(*TENSOR, E4M3, ALIGNED), (*BLOCK, E4M3, ALIGNED)])
@@ -86,8 +95,8 @@ class TestMosaicFp8Matmul(Fp8MatmulTestBase):
   bf16_case = Fp8Case(*TENSOR, E4M3, EXACT)
   unsupported_requests = {
     "row-x-tensor": ErrorCase((1, None), None, r"got \(1, None\) x None"),
-    "e4m3-x-e5m2": ErrorCase(
-      *TENSOR, "b_q has shape", ValueError, b_dtype=E5M2
+    "e4m3-x-int8": ErrorCase(
+      *TENSOR, "b_q has shape", ValueError, b_dtype=jnp.int8
     ),
   }
   race_shape = None if ON_GPU else ALIGNED

@@ -78,9 +78,10 @@ def test_ragged_int8_out_epilogue_lowers():
   assert _lowers(int8_block_matmul, *args, block=32, out_block=32)
 
 
-FP8_CASES = [
+FP8_CASES = [  # a_tile, b_tile, a_dtype, out_dtype[, b_dtype]
   (None, None, E4M3, jnp.bfloat16),
   (None, None, E5M2, jnp.float32),
+  (None, None, E4M3, jnp.bfloat16, E5M2),  # x^T . g^T (fp8_current wgrad)
   ((1, None), (1, None), E4M3, jnp.float32),
   ((1, 128), (128, 128), E4M3, jnp.bfloat16),
   ((1, 128), (128, 128), E5M2, jnp.float32),
@@ -88,9 +89,10 @@ FP8_CASES = [
 ]
 
 
-@pytest.mark.parametrize("a_tile,b_tile,a_dtype,out_dtype", FP8_CASES)
-def test_fp8_matmul_lowers(a_tile, b_tile, a_dtype, out_dtype):
-  args = _fp8_args(SHAPE, a_tile, b_tile, a_dtype)
+@pytest.mark.parametrize("case", FP8_CASES, ids=str)
+def test_fp8_matmul_lowers(case):
+  a_tile, b_tile, a_dtype, out_dtype, *b_dtype = case
+  args = _fp8_args(SHAPE, a_tile, b_tile, a_dtype, *b_dtype)
   kw = dict(a_tile=a_tile, b_tile=b_tile, out_dtype=out_dtype)
   assert _lowers(fp8_matmul, *args, **kw)
 
@@ -165,10 +167,20 @@ def test_quantize_int8_block_with_transpose_lowers(block, rounding):
 
 @pytest.mark.parametrize("tile", [None, (32, 32), (128, 128)])
 @pytest.mark.parametrize("dtype", [E4M3, E5M2])
-def test_quantize_fp8_lowers(tile, dtype):
+@pytest.mark.parametrize("transpose", [False, True])
+def test_quantize_fp8_lowers(tile, dtype, transpose):
   kw = dict(dtype=dtype, tile=tile, rounding="stochastic", seed=1)
   x = jnp.zeros(QUANTIZE_SHAPE, jnp.float32)
-  assert _lowers(mosaic_quantize.quantize_fp8, x, **kw)
+  assert _lowers(mosaic_quantize.quantize_fp8, x, transpose=transpose, **kw)
+
+
+@pytest.mark.parametrize("shape", [QUANTIZE_SHAPE, (2, 200, 300)])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_requantize_fp8_lowers(shape, rounding):
+  b, m, k = shape
+  args = (jnp.zeros(shape, E4M3), jnp.ones((b, m, -(-k // 128)), jnp.float32))
+  kw = dict(in_tile=(1, 128), tile=(128, 1), dtype=E4M3, rounding=rounding)
+  assert _lowers(mosaic_quantize.requantize_fp8, *args, **kw, seed=2)
 
 
 @pytest.mark.parametrize(

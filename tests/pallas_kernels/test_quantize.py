@@ -84,6 +84,18 @@ class TestMosaicQuantize(QuantizeTestBase):
     ]
   )
   fp8_special_cases = {"tensor": Fp8Case(None, E4M3, NEAREST, ragged)}
+  # fp8_block's 1 x 128 x requantized as 128 x 1 groups (ragged M and K);
+  # SR too, though no recipe asks for it.
+  requantize_cases = {
+    "1x128-128x1-e4m3-nearest": (
+      (2, 200, 300),
+      (1, 128),
+      (128, 1),
+      E4M3,
+      NEAREST,
+    ),
+    "1x128-128x1-e5m2-sr": ((1, 130, 256), (1, 128), (128, 1), E5M2, SR),
+  }
   dequantize_cases = {
     "tensor": DequantizeCase(E4M3, None, NEAREST, ragged, (F32, BF16)),
     "32x32": DequantizeCase(E4M3, (32, 32), NEAREST, ragged, (F32, BF16)),
