@@ -292,11 +292,16 @@ def compile_module(blob: bytes, venv: pathlib.Path, work: pathlib.Path):
 
 # Spills ptxas reports today, allowed so that CI catches any new or larger
 # spill (kernel, module) -> (store, load) bytes. Each is a known defect to
-# remove (the INT8 quantize+transpose's 1040 B went when it learnt to work
-# in 32-row slices).
+# remove. (The INT8 quantize+transpose's 1040 B went when it learnt to read
+# windows; the promotion's scale product P * (sa * sb) took the 128-block
+# INT8-out epilogue from 12/16 to 4/4 but the 32-block one, whose sa * sb is
+# a full tile, from 8/8 to 68/68; a 2-CTA cluster costs the sweep's
+# candidates a few registers over the 168 a 3-warpgroup CTA gets.)
 KNOWN_SPILLS = {
-  ("int8_block32_out32_stochastic", 0): (8, 8),
-  ("int8_block128_out64_stochastic", 0): (12, 16),
+  ("int8_block32_out32_stochastic", 0): (68, 68),
+  ("int8_block128_out64_stochastic", 0): (4, 4),
+  ("sweep_int8_block128_4", 0): (52, 52),
+  ("sweep_fp8_1x128_128x128_3", 0): (56, 60),
   ("quantize_fp8_row", 1): (8, 8),
 }
 

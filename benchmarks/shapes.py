@@ -60,6 +60,7 @@ SHAPES = (
   # Mosaic GPU kernels, interpreted (about 1 s per call at 128 x 128 x 256);
   # the smoke benchmark times the first.
   Shape("small_aligned", 128, 256, 128, (*CI, "smoke")),
+  Shape("small_pairs", 256, 128, 256, CI),  # 2 x 2 CTA tiles of 128 x 128
   Shape("small_ragged", 100, 160, 72, CI, batch=2),
   # The same tests compiled on a GPU. K <= 512 keeps every FP8 partial sum
   # of codes in [-5, 5] below 2^14 (the exact FP8 tests); 504 is ragged.

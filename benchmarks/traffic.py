@@ -70,7 +70,7 @@ LAUNCH_S = 4e-6
 EXTRA_BYTES_BOUND = {
   "bf16": 0.35e9,
   "fp8_current": 1.05e9,
-  "fp8_block": 1.4e9,
+  "fp8_block": 1.2e9,
   "jetfire_int8_b128": 0.72e9,
   "jetfire_int8": 0.78e9,
 }

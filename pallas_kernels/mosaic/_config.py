@@ -47,6 +47,10 @@ class TuningConfig:
     epi_tile_n: columns per epilogue store (SMEM slot, TMA store).
     grid_tile_width: width of the snake order over output tiles.
     num_sms: CTAs of the persistent grid (None: the device's SM count).
+    cluster: None, or pair CTAs in 2-CTA clusters along "m" (the pair
+      computes two M-neighbouring tiles and shares their B tile: one TMA
+      load multicast to both SMs, halving B's L2 reads) or "n" (shares A).
+      The output tiles along that dimension must come in pairs.
   """
 
   wg_tile_m: int = 64
@@ -57,6 +61,11 @@ class TuningConfig:
   epi_tile_n: int = 64
   grid_tile_width: int = 8
   num_sms: int | None = None
+  cluster: Literal["m", "n"] | None = None
+
+  @property
+  def cluster_size(self) -> int:
+    return 1 if self.cluster is None else 2
 
   @property
   def cta_m(self) -> int:
@@ -178,6 +187,10 @@ def check_config(
     raise ValueError(
       f"TuningConfig.wg_dimension must be 'm' or 'n', got {c.wg_dimension!r}"
     )
+  if c.cluster not in (None, "m", "n"):
+    raise ValueError(
+      f"TuningConfig.cluster must be None, 'm' or 'n', got {c.cluster!r}"
+    )
   if c.max_concurrent_steps < 2:
     raise ValueError(
       f"TuningConfig.max_concurrent_steps={c.max_concurrent_steps}: the "
@@ -214,15 +227,24 @@ _CANDIDATES = {
   "int8_block128": (
     True,
     1,
-    (dict(wg_dimension="n"), dict(tile_n=192), dict(max_concurrent_steps=3)),
+    (
+      dict(wg_dimension="n"),
+      dict(tile_n=192),
+      dict(max_concurrent_steps=3),
+      dict(cluster="m"),
+    ),
   ),
   "int8_block32": (True, 4, (dict(wg_dimension="n"),)),
   "fp8_tensor": (
     False,
     1,
-    (dict(tile_n=128), dict(wg_dimension="n", tile_n=128)),
+    (dict(tile_n=128), dict(wg_dimension="n", tile_n=128), dict(cluster="m")),
   ),
-  "fp8_1x128_128x128": (True, 1, (dict(wg_dimension="n"), dict(tile_n=192))),
+  "fp8_1x128_128x128": (
+    True,
+    1,
+    (dict(wg_dimension="n"), dict(tile_n=192), dict(cluster="m")),
+  ),
 }
 CANDIDATE_KERNELS = tuple(_CANDIDATES)
 

@@ -122,11 +122,20 @@ def scaled_matmul(
   a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
   rows = functools.partial(_operands.scale_rows, batch=batch, k=k, chunk=chunk)
   uniform = (_uniform_rows(a_tile), _uniform_rows(b_tile))
-  out = scaled_gemm(
+  a, b, sa, sb = _operands.pad_k_steps(
     a,
     b,
     rows(a_s, a_tile, rows=m, padded_rows=_operands.round_up(m, config.cta_m)),
     rows(b_s, b_tile, rows=n, padded_rows=_operands.round_up(n, config.cta_n)),
+    tile_k=config.tile_k,
+    n_sub=_operands.sub_chunks(chunk, config.tile_k),
+    promoted=chunk is not None,
+  )
+  out = scaled_gemm(
+    a,
+    b,
+    sa,
+    sb,
     chunk=chunk,
     swizzle=_operands.choose_swizzle(a.shape[2], chunk),
     out_dtype=out_dtype,
@@ -214,7 +223,7 @@ def scaled_gemm(
     swizzle=swizzle,
     acc_dtype=jnp.int32 if a.dtype == jnp.int8 else jnp.float32,
     out_dtype=jnp.dtype(out_dtype),
-    tiles=(batch, cdiv(m, config.cta_m), cdiv(n, config.cta_n)),
+    tiles=_cluster_tiles(config, batch, m, n),
     requantize=requantize,
     uniform=_uniform_scales(config, *uniform_rows),
   )
@@ -251,8 +260,13 @@ def scaled_gemm(
     body,
     out_type=out_type,
     scratch_types=scratch,
-    grid=(_hw.num_sms(params is not None, c.num_sms),),
+    grid=(_hw.num_sms(params is not None, c.num_sms) // c.cluster_size,),
     grid_names=("sm",),
+    **(
+      {}
+      if c.cluster is None
+      else dict(cluster=(c.cluster_size,), cluster_names=("cluster",))
+    ),
     num_threads=3,
     thread_name="wg",
     compiler_params=semantics,
@@ -260,6 +274,21 @@ def scaled_gemm(
     kernel_name=name,
   )
   return kernel(*args)
+
+
+def _cluster_tiles(c: TuningConfig, batch: int, m: int, n: int):
+  """(B, M tiles, N tiles) of CTA tiles, checking that a clustered
+  dimension has whole pairs of tiles."""
+  tiles = (batch, cdiv(m, c.cta_m), cdiv(n, c.cta_n))
+  along = {"m": 1, "n": 2}.get(c.cluster)
+  if along is not None and tiles[along] % c.cluster_size:
+    raise ValueError(
+      f"TuningConfig cluster={c.cluster!r} pairs CTA tiles along "
+      f"{c.cluster.upper()}, but M={m}, N={n} make {tiles[1]} x {tiles[2]} "
+      f"tiles of {c.cta_m} x {c.cta_n}: an odd number along "
+      f"{c.cluster.upper()}; use cluster=None for this shape"
+    )
+  return tiles
 
 
 def _uniform_scales(c: TuningConfig, a_rows: int, b_rows: int):
@@ -302,19 +331,28 @@ def _kernel(
   # Without promotion one wgmma group stays in flight across K steps
   # (``wgmma_wait(1)``), so each operand slot is released one step late.
   delay = 0 if promoted or c.max_concurrent_steps < 2 else 1
+  # In a 2-CTA cluster the operand (and its scales) that both CTAs read is
+  # loaded once and multicast: B along M, A along N.
+  shared = {
+    "a": ("cluster",) if c.cluster == "n" else (),
+    "b": ("cluster",) if c.cluster == "m" else (),
+  }
   in_specs = [
     plgpu.BlockSpec(
       (rows, c.tile_k),
       lambda k: (0, k),
       transforms=operand,
       delay_release=delay,
+      collective_axes=shared[side],
     )
-    for rows in (c.cta_m, c.cta_n)
+    for side, rows in (("a", c.cta_m), ("b", c.cta_n))
   ]
   if promoted:
     in_specs += [
-      plgpu.BlockSpec((n_sub, c.cta_m), lambda k: (k, 0)),
-      plgpu.BlockSpec((n_sub, c.cta_n), lambda k: (k, 0)),
+      plgpu.BlockSpec(
+        (n_sub, rows), lambda k: (k, 0), collective_axes=shared[side]
+      )
+      for side, rows in (("a", c.cta_m), ("b", c.cta_n))
     ]
 
   def pipeline(step, context):
@@ -355,13 +393,24 @@ def _kernel(
     wm0 = wg * c.wg_tile_m if c.wg_dimension == "m" else 0
     wn0 = wg * c.tile_n if c.wg_dimension == "n" else 0
 
-    @plgpu.nd_loop((batch * m_tiles * n_tiles,), collective_axes="sm")
+    # The persistent loop walks cluster tiles (pairs of CTA tiles along
+    # the clustered dimension; single CTA tiles without a cluster).
+    mc = m_tiles // (c.cluster_size if c.cluster == "m" else 1)
+    nc = n_tiles // (c.cluster_size if c.cluster == "n" else 1)
+
+    @plgpu.nd_loop((batch * mc * nc,), collective_axes="sm")
     def _tile(info):
       (linear,) = info.index
-      bi = linear // (m_tiles * n_tiles)
+      bi = linear // (mc * nc)
       mi, ni = plgpu.planar_snake(
-        linear % (m_tiles * n_tiles), (m_tiles, n_tiles), 1, c.grid_tile_width
+        linear % (mc * nc), (mc, nc), 1, c.grid_tile_width
       )
+      if c.cluster is not None:
+        cta = lax.axis_index("cluster")
+        if c.cluster == "m":
+          mi = mi * c.cluster_size + cta
+        else:
+          ni = ni * c.cluster_size + cta
       cm = pl.ds(mi * c.cta_m, c.cta_m)
       cn = pl.ds(ni * c.cta_n, c.cta_n)
       wg_out = o_g.at[bi].at[cm, cn].at[wm, wn]

@@ -46,6 +46,31 @@ def choose_swizzle(k_padded: int, chunk: int | None) -> int:
   raise AssertionError(f"K={k_padded} is padded to a multiple of {K_ALIGN}")
 
 
+MIN_K_STEPS = 2
+
+
+def pad_k_steps(a, b, sa, sb, *, tile_k: int, n_sub: int, promoted: bool):
+  """Zero-pads K to at least ``MIN_K_STEPS`` pipeline steps.
+
+  A CTA that runs several output tiles with a one-step K pipeline computes
+  wrong tiles after the first (the Mosaic GPU interpreter reports a barrier
+  completing a phase that no thread observed; the root cause in the
+  pipeline is not isolated), so K <= ``tile_k`` runs as two steps, the
+  second of zero codes (and, when promoted, zero scales): it adds exactly
+  nothing. ``a``, ``b``: (B, R, K) codes; ``sa``, ``sb``: their (B, C, R)
+  scale rows. Only K <= ``tile_k`` pays (a copy of small operands).
+  """
+  k = a.shape[2]
+  if k > tile_k:
+    return a, b, sa, sb
+  pad = ((0, 0), (0, 0), (0, MIN_K_STEPS * tile_k - k))
+  a, b = jnp.pad(a, pad), jnp.pad(b, pad)
+  if promoted:  # the pipeline reads n_sub scale rows per step
+    pad = ((0, 0), (0, MIN_K_STEPS * n_sub - sa.shape[1]), (0, 0))
+    sa, sb = jnp.pad(sa, pad), jnp.pad(sb, pad)
+  return a, b, sa, sb
+
+
 def pad_codes(q: jax.Array) -> jax.Array:
   """Zero-pads (B, R, K) codes to TMA-aligned R and K (no-op when aligned)."""
   _, r, k = q.shape

@@ -26,13 +26,16 @@ from tests.pallas_kernels.kernel_support import (
 
 def _table(rows) -> dict[str, Fp8Case]:
   """{'1x128-128x128-e4m3': Fp8Case} from (a_tile, b_tile, a_dtype, bmnk
-  [, b_dtype]); the key names b's dtype when it is not E4M3."""
+  [, b_dtype]); the key names b's dtype when it is not E4M3, and the shape
+  when the same GEMM comes again."""
   table = {}
   for case in (Fp8Case(*row) for row in rows):
     key = f"{tiles.name(case.a_tile)}-{tiles.name(case.b_tile)}-"
     key += FP8_NAMES[jnp.dtype(case.a_dtype)]
     if jnp.dtype(case.b_dtype) != jnp.dtype(E4M3):
       key += "-x-" + FP8_NAMES[jnp.dtype(case.b_dtype)]
+    if key in table:  # the same GEMM on another shape
+      key += "-" + "x".join(map(str, case.bmnk))
     table[key] = case
   return table
 
@@ -88,6 +91,8 @@ class TestMosaicFp8Matmul(Fp8MatmulTestBase):
       (*BLOCK, E4M3, RAGGED),
       (*GROUPS, E4M3, RAGGED),
       (*TENSOR, E4M3, EXACT, E5M2),  # x^T . g^T (fp8_current wgrad)
+      # K = 128: one pipeline step, two tiles per interpreted SM
+      (*TENSOR, E4M3, shape("small_pairs").bmnk),
     ]
   )
   general_cases = _table([(*TENSOR, E4M3, ALIGNED), (*BLOCK, E4M3, ALIGNED)])

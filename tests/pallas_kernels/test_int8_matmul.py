@@ -4,14 +4,26 @@ The Pallas kernel runs on three shapes, the Hopper kernel on fewer cases
 (shapes: ``benchmarks/shapes.py``).
 """
 
+import dataclasses
+
+import jax
+import pytest
+
 from benchmarks.shapes import shape
 from pallas_kernels import int8_matmul as pallas_int8_matmul
+from pallas_kernels.mosaic import default_config
 from pallas_kernels.mosaic import int8_matmul as mosaic_int8_matmul
 from tests.pallas_kernels.int8_matmul_base import (
   Int8MatmulTestBase,
   Int8OutCase,
 )
-from tests.pallas_kernels.kernel_support import MOSAIC_BMNK, ON_GPU
+from tests.pallas_kernels.kernel_support import (
+  MOSAIC_BMNK,
+  ON_GPU,
+  assert_same,
+  finished,
+  int8_operands,
+)
 
 NEAREST, SR = "nearest", "stochastic"
 TINY, TINY_K = shape("tiny_ragged").bmnk, shape("tiny_ragged_k").bmnk
@@ -45,13 +57,19 @@ class TestPallasInt8Matmul(Int8MatmulTestBase):
   has_jetfire_helpers = True
 
 
-MOSAIC = dict(aligned=ALIGNED, ragged=RAGGED).get
+# pairs: K = 128, one pipeline step, four CTA tiles on two interpreted SMs
+# (a CTA's second tile came out wrong before K was padded to two steps).
+MOSAIC = dict(
+  aligned=ALIGNED, ragged=RAGGED, pairs=shape("small_pairs").bmnk
+).get
 
 
 class TestMosaicInt8Matmul(Int8MatmulTestBase):
   kernels = mosaic_int8_matmul
   interpret = None  # the Mosaic GPU interpreter without a GPU
-  exact_cases = _cases({"aligned": (32, 128), "ragged": (32, 64)}, MOSAIC)
+  exact_cases = _cases(
+    {"aligned": (32, 128), "ragged": (32, 64), "pairs": (128,)}, MOSAIC
+  )
   general_cases = _cases({"ragged": (32, 128)}, MOSAIC)
   same_bits_as_xla = not ON_GPU  # the interpreter; a GPU may fuse FMAs
   bf16_case = (ALIGNED, 128, True)
@@ -63,3 +81,29 @@ class TestMosaicInt8Matmul(Int8MatmulTestBase):
   nan_shape = ALIGNED
   unsupported_out_blocks = (128,)  # wider than a warpgroup's 64-row tile
   race_shape = None if ON_GPU else ALIGNED
+
+
+@pytest.mark.parametrize("cluster", ["m", "n"])
+def test_mosaic_2cta_clusters_give_the_same_bits(cluster):
+  """A clustered config (one TMA load of the shared operand multicast to
+  both CTAs of a pair) computes the same GEMM as the default config."""
+  bmnk = shape("small_pairs").bmnk
+  ops = int8_operands(bmnk, 128, exact=False, seed=4)
+  base = default_config(promoted=True, n_sub=1, out_itemsize=4)
+  run = lambda config: finished(  # noqa: E731
+    jax.jit(
+      lambda *ops: mosaic_int8_matmul.int8_block_matmul(
+        *ops, block=128, config=config
+      )
+    )(*ops)
+  )
+  paired = dataclasses.replace(base, cluster=cluster)
+  assert_same(run(paired), run(base), f"cluster={cluster} vs default")
+
+
+def test_mosaic_cluster_needs_pairs_of_tiles():
+  ops = int8_operands(shape("small_aligned").bmnk, 128, exact=True, seed=1)
+  base = default_config(promoted=True, n_sub=1, out_itemsize=4)
+  config = dataclasses.replace(base, cluster="m")
+  with pytest.raises(ValueError, match="an odd number along M"):
+    mosaic_int8_matmul.int8_block_matmul(*ops, block=128, config=config)
