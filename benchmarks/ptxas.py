@@ -155,6 +155,13 @@ KERNELS = {
       ((128, 128), "e4m3", E4M3),
     )
   },
+  "quantize_fp8_dual_1x128_128x1": functools.partial(
+    _quantize,
+    "quantize_fp8_dual",
+    dtype=E4M3,
+    row_tile=(1, 128),
+    column_tile=(128, 1),
+  ),
   "requantize_fp8_1x128_128x1": functools.partial(
     _requantize, (1, 128), (128, 1)
   ),

@@ -269,6 +269,14 @@ unsupported_tile_reason = L.unsupported_tile_reason
 unsupported_dequantize_reason = L.unsupported_tile_reason
 
 
+def unsupported_dual_reason(row_tile, column_tile, rounding) -> str | None:
+  """Two tiles of one x are two quantize kernels here."""
+  return (
+    "the portable kernels quantize to two tiles with two kernels; got "
+    f"{row_tile!r} and {column_tile!r}"
+  )
+
+
 def unsupported_requantize_reason(in_tile, tile) -> str | None:
   """Requantization here is dequantize, then quantize (two kernels)."""
   return (

@@ -325,6 +325,22 @@ def _qdot_bwd(plan, res, g):
         g, want, _seeded(seed, _SALT_G_DLHS, want)
       )
     g_quantizer = g_t_quantizer = impl.quantizer_for(want.format)
+  elif cfg.dlhs.lhs.format is not None and cfg.drhs.lhs.format is not None:
+    # g for dlhs, and g^T for drhs as g with the transposed tile: one
+    # quantization call for both (one kernel where there is one).
+    first = cfg.dlhs.lhs
+    second = dataclasses.replace(
+      cfg.drhs.lhs, format=cfg.drhs.lhs.format.transpose()
+    )
+    seeds = (
+      _seeded(seed, _SALT_G_DLHS, first),
+      _seeded(seed, _SALT_G_DRHS, second),
+    )
+    with jax.named_scope("lowprec_quantize"):
+      g_dlhs, g_t = impl.quantize_pair(g, first, second, seeds)
+    g_drhs = g_t.mT
+    g_quantizer = impl.quantizer_for(first.format)
+    g_t_quantizer = impl.quantizer_for(second.format)
   else:
     g_dlhs, g_quantizer = _prepare(g, cfg.dlhs.lhs, seed, _SALT_G_DLHS, impl)
     g_drhs, g_t_quantizer = _prepare_transposed(

@@ -44,6 +44,12 @@ class GemmImplementation(Implementation):
   def quantize(self, x: Array, want: OperandQuant, seed) -> QTensor:
     """``x`` quantized as ``want`` says (bit-identical across implementations)."""
 
+  def quantize_pair(
+    self, x: Array, first: OperandQuant, second: OperandQuant, seeds
+  ) -> tuple[QTensor, QTensor]:
+    """``x`` quantized as ``first`` and as ``second`` (seeds: one each)."""
+    return self.quantize(x, first, seeds[0]), self.quantize(x, second, seeds[1])
+
   def quantize_with_transpose(
     self, x: Array, want: OperandQuant, seed
   ) -> tuple[QTensor, QTensor]:

@@ -127,6 +127,27 @@ class KernelGemm(GemmImplementation):
     dtype = np.dtype(x.dtype)
     return QTensor(q, s, fmt, dtype), QTensor(q_t, s_t, fmt, dtype)
 
+  def quantize_pair(self, x, first: OperandQuant, second: OperandQuant, seeds):
+    """One kernel reading x once where there is one (``fp8_block``'s g in
+    1 x 128 and 128 x 1 groups in Mosaic GPU), else two quantizations."""
+    a, b = first.format, second.format
+    dual = getattr(self.quantize_kernels, "unsupported_dual_reason", None)
+    fused = (
+      dual is not None
+      and not a.grid.is_int8
+      and a.storage_dtype == b.storage_dtype
+      and a.scale_dtype == b.scale_dtype == np.dtype(np.float32)
+      and first.rounding == second.rounding
+      and dual(a.tile, b.tile, first.rounding) is None
+    )
+    if not fused:
+      return super().quantize_pair(x, first, second, seeds)
+    (qa, sa), (qb, sb) = self.quantize_kernels.quantize_fp8_dual(
+      x, dtype=a.storage_dtype, row_tile=a.tile, column_tile=b.tile
+    )
+    dtype = np.dtype(x.dtype)
+    return QTensor(qa, sa, a, dtype), QTensor(qb, sb, b, dtype)
+
   def requantize(self, qt: QTensor, want: OperandQuant, seed):
     """One kernel where there is one (``fp8_block``'s 1 x 128 x to 128 x 1
     groups in Mosaic GPU), else dequantize then quantize."""

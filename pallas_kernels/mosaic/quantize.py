@@ -55,7 +55,7 @@ from jax import Array, lax
 from pallas_kernels import checks as C
 from pallas_kernels import tiles
 from pallas_kernels._common import cdiv
-from pallas_kernels.mosaic import _grouped, _hw
+from pallas_kernels.mosaic import _dual, _grouped, _hw
 from pallas_kernels.mosaic._dequantize import dequantize_blocks
 from pallas_kernels.numerics import (
   F32_MAX,
@@ -503,6 +503,30 @@ def quantize_fp8(
     return _quantize_tensor(x, seed, plan=plan, interpret=interpret)
   plan = _block_plan(x, tile[0], grid, seed, transpose, config)
   return _quantize_blocks(x, seed, plan=plan, interpret=interpret)
+
+
+def unsupported_dual_reason(row_tile, column_tile, rounding) -> str | None:
+  """Why no kernel here quantizes x to both tiles in one read."""
+  return _dual.unsupported_reason(row_tile, column_tile, rounding)
+
+
+def quantize_fp8_dual(
+  x: Array,
+  *,
+  dtype,
+  row_tile,
+  column_tile,
+  rounding: str = "nearest",
+  interpret=None,
+):
+  """``(quantize_fp8(x, tile=row_tile), quantize_fp8(x, tile=column_tile))``
+  bit for bit, from one read of x (see :mod:`._dual`)."""
+  C.check_array("x", x, C.FLOAT_DTYPES)
+  reason = unsupported_dual_reason(row_tile, column_tile, rounding)
+  if reason:
+    raise NotImplementedError(reason)
+  plan = _dual.DualPlan(shape=tuple(x.shape), grid=fp8_grid(dtype))
+  return _dual.quantize_dual(x, plan=plan, interpret=interpret)
 
 
 def unsupported_requantize_reason(in_tile, tile) -> str | None:

@@ -55,9 +55,9 @@ class TestMosaicImplementation(QuantizedDotTestBase):
     )
   }
   # x, w (as stored) and g each quantized once by a kernel writing both
-  # layouts; fp8_block's 1 x 128 groups of x, g and g along M (a 128 x 1
-  # tile of g, its codes transposed) have no transposed copy, and its x^T
-  # is requantized from the saved x in one kernel.
+  # layouts; fp8_block's g is read once for its 1 x 128 groups and its
+  # groups along M (a 128 x 1 tile of g, its codes transposed after), and
+  # its x^T is requantized from the saved 1 x 128 x in one kernel.
   expected_kernels = {
     "jetfire_int8": [("lpj_mosaic_quantize_int8_transpose", 3)] * 3
     + [("lpj_mosaic_int8_block32_matmul", 1)] * 3,
@@ -67,7 +67,8 @@ class TestMosaicImplementation(QuantizedDotTestBase):
     ]
     * 3  # x, w and g: per-tensor absmax, then quantize
     + [("lpj_mosaic_fp8_matmul", 1)] * 3,
-    "fp8_block": [("lpj_mosaic_quantize_fp8_groups", 2)] * 3
+    "fp8_block": [("lpj_mosaic_quantize_fp8_groups", 2)]  # x, 1 x 128
+    + [("lpj_mosaic_quantize_fp8_dual", 4)]
     + [("lpj_mosaic_requantize_fp8_columns", 2)]
     + [("lpj_mosaic_quantize_fp8_transpose", 3)]  # w, 128 x 128
     + [("lpj_mosaic_fp8_matmul", 1)] * 3,

@@ -131,6 +131,8 @@ class QuantizeTestBase(ImplementationTestBase):
   dequantize_cases: dict[str, DequantizeCase]
   # FP8 requantization, id -> (shape, in_tile, tile, dtype, rounding)
   requantize_cases: dict[str, tuple] = {}
+  # One read, two FP8 tiles: id -> (shape, x dtype, row tile, column tile)
+  dual_cases: dict[str, tuple] = {}
   # (function name, tile, message) of tiles without a kernel
   unsupported_tiles: tuple[tuple[str, tuple, str], ...] = ()
   detects_races = False  # runs in an interpreter with a race detector
@@ -229,6 +231,21 @@ class QuantizeTestBase(ImplementationTestBase):
     want = _library(high, lib_seed, fmt=fmt, rounding=rounding)
     for g, w in zip(got, want, strict=True):
       assert_bitwise(g, w, "kernel vs formats.dequantize + quantize")
+
+  @cases("case", "dual_cases")
+  def test_dual_is_two_quantizations(self, case):
+    """One kernel, the bits of formats.quantize to each tile (NaN and inf
+    poison their row group and their column group)."""
+    shape, x_dtype, row_tile, column_tile = case
+    x = with_specials(normal(shape, seed=12) * 40).astype(x_dtype)
+    kw = dict(dtype=E4M3, row_tile=row_tile, column_tile=column_tile)
+    got = self._run("quantize_fp8_dual", x, **kw)
+    lib_seed = jnp.uint32(0)
+    for (q, s), tile in zip(got, (row_tile, column_tile), strict=True):
+      fmt = _fp8_format(E4M3, tile)
+      want = _library(x, lib_seed, fmt=fmt, rounding="nearest")
+      assert_bitwise(q, want[0], f"{tile} codes vs formats.quantize")
+      assert_bitwise(s, want[1], f"{tile} scales vs formats.quantize")
 
   @cases("rounding", "int8_special_roundings")
   def test_int8_special_values(self, rounding):

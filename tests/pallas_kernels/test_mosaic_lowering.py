@@ -175,6 +175,14 @@ def test_quantize_fp8_lowers(tile, dtype, transpose):
 
 
 @pytest.mark.parametrize("shape", [QUANTIZE_SHAPE, (2, 200, 300)])
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float32])
+def test_quantize_fp8_dual_lowers(shape, x_dtype):
+  kw = dict(dtype=E4M3, row_tile=(1, 128), column_tile=(128, 1))
+  x = jnp.zeros(shape, x_dtype)
+  assert _lowers(mosaic_quantize.quantize_fp8_dual, x, **kw)
+
+
+@pytest.mark.parametrize("shape", [QUANTIZE_SHAPE, (2, 200, 300)])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_requantize_fp8_lowers(shape, rounding):
   b, m, k = shape

@@ -84,6 +84,11 @@ class TestMosaicQuantize(QuantizeTestBase):
     ]
   )
   fp8_special_cases = {"tensor": Fp8Case(None, E4M3, NEAREST, ragged)}
+  # fp8_block's g in 1 x 128 and 128 x 1 groups from one read.
+  dual_cases = {
+    "aligned-bf16": ((1, 256, 384), BF16, (1, 128), (128, 1)),
+    "ragged-f32": ((2, 200, 300), F32, (1, 128), (128, 1)),
+  }
   # fp8_block's 1 x 128 x requantized as 128 x 1 groups (ragged M and K);
   # SR too, though no recipe asks for it.
   requantize_cases = {
