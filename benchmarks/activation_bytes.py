@@ -29,7 +29,14 @@ from flax import nnx
 from benchmarks._results import write_results
 from train.model import GPT, GPTConfig, quantize_gpt
 
-RECIPES = ("bf16", "fp8_current", "jetfire_int8", "coat_fp8")
+RECIPES = (
+  "bf16",
+  "fp8_current",
+  "jetfire_int8",
+  "coat_fp8",
+  "int4_hq",
+  "int4_hq_b32",
+)
 # (name, d_model, heads, seq_len, T1 and T2 tokens)
 MODELS = (
   ("train_default", 128, 4, 128, 2048, 4096),

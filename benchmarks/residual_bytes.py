@@ -16,7 +16,15 @@ import numpy as np
 
 from benchmarks._results import write_results
 from benchmarks.shapes import shapes
-from lowprec_jax.ops import fp8_block, fp8_current, jetfire_int8
+from lowprec_jax.ops import (
+  Int4Config,
+  fp8_block,
+  fp8_current,
+  int4_dot_general,
+  int4_hq,
+  int4_hq_b32,
+  jetfire_int8,
+)
 from lowprec_jax.ops import quantized_dot_general as qdg
 
 DIMS = (((1,), (0,)), ((), ()))
@@ -25,7 +33,20 @@ RECIPES = {
   "jetfire_int8_b128": jetfire_int8(128),
   "fp8_current": fp8_current(),
   "fp8_block": fp8_block(),
+  "int4_hq": int4_hq(),
+  "int4_hq_b32": int4_hq_b32(),
 }
+
+
+def _linear(cfg):
+  """The Linear's matmul under ``cfg`` (INT4: block 0, unit steps; the
+  residuals' shapes do not depend on them)."""
+  if isinstance(cfg, Int4Config):
+    steps = jnp.ones((2,), jnp.float32)
+    return lambda a, b: int4_dot_general(
+      a, b, DIMS, config=cfg, block_index=0, steps=steps, seed=0
+    )
+  return lambda a, b: qdg(a, b, DIMS, config=cfg, seed=0)
 
 
 def residual_bytes(fn, m, k, n) -> int:
@@ -45,9 +66,7 @@ def measure() -> list[dict]:
     base = residual_bytes(lambda a, b: jax.lax.dot_general(a, b, DIMS), m, k, n)
     row = {"shape": name, "m": m, "k": k, "n": n, "bf16_bytes": base}
     for recipe, cfg in RECIPES.items():
-      got = residual_bytes(
-        lambda a, b, cfg=cfg: qdg(a, b, DIMS, config=cfg, seed=0), m, k, n
-      )
+      got = residual_bytes(_linear(cfg), m, k, n)
       row[f"{recipe}_bytes"] = got
       row[f"{recipe}_ratio"] = round(got / base, 4)
     rows.append(row)

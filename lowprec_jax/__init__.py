@@ -12,6 +12,7 @@ from lowprec_jax import nn as nn
 from lowprec_jax import ops as ops
 from lowprec_jax import optim as optim
 from lowprec_jax.formats import Fp8 as Fp8
+from lowprec_jax.formats import Int4 as Int4
 from lowprec_jax.formats import Int8Block as Int8Block
 from lowprec_jax.formats import QTensor as QTensor
 from lowprec_jax.formats import dequantize as dequantize
@@ -32,6 +33,7 @@ from lowprec_jax.version import __version__ as __version__
 __all__ = (
   "DotQuantConfig",
   "Fp8",
+  "Int4",
   "Int8Block",
   "QTensor",
   "QuantDotGeneral",

@@ -49,6 +49,8 @@ F32_MAX = float(np.finfo(np.float32).max)
 BF16_MAX = float(jnp.finfo(jnp.bfloat16).max)
 SCALE_FLOOR = 2.0**-126  # the smallest normal f32: 1 / scale never overflows
 INT8_QMAX = 127.0
+INT4_QMAX = 7.0  # absmax-scaled INT4 codes are symmetric: [-7, 7]
+INT4_MIN, INT4_MAX = -8, 7  # the 4-bit two's-complement range (LSQ, bit split)
 _TWO_23 = 2.0**23  # from here on every f32 is an integer
 _SIGN = 0x80000000
 _MANTISSA = 0x7FFFFF
@@ -187,8 +189,9 @@ def round_fp8(y: Array, dtype, u: Array | None) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class NumberGrid:
-  """The codes' number grid: INT8 ([-127, 127]; -128 is never produced) or
-  one FP8 dtype."""
+  """The codes' number grid: INT8 ([-127, 127]; -128 is never produced),
+  INT4 (``jnp.int4``: [-7, 7] under an absmax scale, returned unpacked in
+  int8 containers) or one FP8 dtype."""
 
   dtype: np.dtype
 
@@ -197,17 +200,30 @@ class NumberGrid:
     return self.dtype == np.dtype(np.int8)
 
   @property
+  def is_int4(self) -> bool:
+    return self.dtype == np.dtype(jnp.int4)
+
+  @property
   def qmax(self) -> float:
-    return INT8_QMAX if self.is_int8 else float(jnp.finfo(self.dtype).max)
+    if self.is_int8:
+      return INT8_QMAX
+    if self.is_int4:
+      return INT4_QMAX
+    return float(jnp.finfo(self.dtype).max)
 
   @classmethod
   def int8(cls) -> "NumberGrid":
     return cls(np.dtype(np.int8))
 
+  @classmethod
+  def int4(cls) -> "NumberGrid":
+    return cls(np.dtype(jnp.int4))
+
   def round(self, y: Array, u: Array | None) -> Array:
-    """Codes of scaled values ``y`` (RNE, or SR with uniforms ``u``)."""
-    if self.is_int8:
-      return round_int(y, INT8_QMAX, u).astype(jnp.int8)
+    """Codes of scaled values ``y`` (RNE, or SR with uniforms ``u``); INT4
+    codes come back as int8 (pack them with :mod:`pallas_kernels.int4`)."""
+    if self.is_int8 or self.is_int4:
+      return round_int(y, self.qmax, u).astype(jnp.int8)
     return round_fp8(y, self.dtype, u)
 
 

@@ -38,8 +38,8 @@ Tile = tuple[int | None, int | None] | None
 # Square-block sides and K groups of the block-scaled GEMM kernels (INT8
 # blocks; FP8 groups promoted every G elements of K).
 BLOCK_SIZES = (32, 64, 128)
-# Group and block sizes an FP8 format may use.
-FP8_TILE_SIZES = (16, 32, 64, 128, 256)
+# Group and block sizes an FP8 or INT4 format may use.
+GROUP_SIZES = (16, 32, 64, 128, 256)
 
 
 def check_block(block, name: str = "block") -> None:

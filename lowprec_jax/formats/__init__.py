@@ -1,11 +1,12 @@
 """Quantization formats and the plain-jnp quantizers.
 
-Public API: :class:`QTensor`, the formats :class:`Int8Block` and :class:`Fp8`,
-:func:`quantize`, :func:`dequantize`, :func:`fake_quantize`, and the
-stochastic-rounding hash :func:`random_bits`.
+Public API: :class:`QTensor`, the formats :class:`Int8Block`, :class:`Int4`
+and :class:`Fp8`, :func:`quantize`, :func:`dequantize`,
+:func:`fake_quantize`, and the stochastic-rounding hash :func:`random_bits`.
 """
 
 from lowprec_jax.formats._format import Fp8 as Fp8
+from lowprec_jax.formats._format import Int4 as Int4
 from lowprec_jax.formats._format import Int8Block as Int8Block
 from lowprec_jax.formats._format import QuantFormat as QuantFormat
 from lowprec_jax.formats._format import Rounding as Rounding
@@ -20,6 +21,7 @@ from pallas_kernels.tiles import scale_shape as scale_shape
 
 __all__ = (
   "Fp8",
+  "Int4",
   "Int8Block",
   "QTensor",
   "QuantFormat",

@@ -18,7 +18,9 @@ Every format quantizes with
     x_hat = q * scale
 
 and formats follow the abstract/final rule: :class:`QuantFormat` is abstract,
-:class:`Int8Block` and :class:`Fp8` are final.
+:class:`Int8Block`, :class:`Int4` and :class:`Fp8` are final. A format may
+store its codes packed (:class:`Int4`: two per byte); ``pack`` and ``unpack``
+convert between the stored array and the logical codes.
 """
 
 import abc
@@ -27,8 +29,9 @@ from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
 
-from pallas_kernels import tiles
+from pallas_kernels import int4, tiles
 from pallas_kernels.numerics import NumberGrid
 from pallas_kernels.tiles import Tile, TileKind
 
@@ -76,8 +79,26 @@ class QuantFormat(abc.ABC):
 
   @property
   def family(self) -> str:
-    """'int8' or 'fp8': operands of one GEMM must share a family."""
+    """'int8', 'int4' or 'fp8': operands of one GEMM must share a family."""
+    if self.grid.is_int4:
+      return "int4"
     return "int8" if self.grid.is_int8 else "fp8"
+
+  def pack(self, codes: Array) -> Array:
+    """Logical codes (the grid's rounding output) -> the stored array."""
+    return codes
+
+  def unpack(self, stored: Array) -> Array:
+    """The stored array -> logical codes (one per element)."""
+    return stored
+
+  def stored_shape(self, shape) -> tuple[int, ...]:
+    """The stored array's shape for codes of logical ``shape``."""
+    return tuple(shape)
+
+  def logical_shape(self, stored_shape) -> tuple[int, ...]:
+    """The logical shape of a stored array of ``stored_shape``."""
+    return tuple(stored_shape)
 
 
 def _check_size(name: str, value: int, allowed: tuple[int, ...]) -> None:
@@ -126,6 +147,107 @@ class Int8Block(QuantFormat):
 
   def transpose(self) -> "Int8Block":
     return self
+
+
+_INT4_TILES = (
+  TileKind.TENSOR,
+  TileKind.ROWS,
+  TileKind.COLUMNS,
+  TileKind.ROW_GROUPS,
+  TileKind.COLUMN_GROUPS,
+  TileKind.BLOCKS,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Int4(QuantFormat):
+  """INT4 codes packed two per byte, with fp32 absmax scales over a tile.
+
+  ``s = absmax(tile) / 7``, ``q = round(x / s)`` in [-7, 7] (nearest-even or
+  stochastic, the shared numerics); -8 is never produced by this scale rule
+  (learned-step quantizers use the full [-8, 7]). Codes are stored packed
+  along the last axis (:mod:`pallas_kernels.int4`: even element in the low
+  nibble), so the last axis must be even; a :class:`QTensor` of this format
+  holds the uint8 array and reports the logical shape.
+
+  Per-tensor scales are the paper's (faithful, but one outlier token sets
+  the step of the whole tensor); groups (1 x G) along the contraction or
+  square blocks bound the damage. Use the constructors :meth:`per_tensor`,
+  :meth:`groups`, :meth:`blocks`.
+
+  Args:
+    tile_shape: ``None`` (per-tensor), ``(1, None)``, ``(None, 1)``,
+      ``(1, G)``, ``(G, 1)`` or ``(S, S)`` with G, S in
+      ``tiles.GROUP_SIZES``.
+  """
+
+  tile_shape: Tile = None
+
+  def __post_init__(self):
+    try:
+      kind = tiles.kind_of(self.tile_shape)
+    except ValueError:
+      kind = None
+    if kind not in _INT4_TILES:
+      raise ValueError(
+        "Int4.tile_shape must be None, (1, None), (None, 1), (1, G), (G, 1) "
+        "or (S, S), "
+        f"got {self.tile_shape!r}"
+      )
+    if kind in (TileKind.ROW_GROUPS, TileKind.COLUMN_GROUPS, TileKind.BLOCKS):
+      _check_size(
+        "Int4 group size", tiles.size_of(self.tile_shape), tiles.GROUP_SIZES
+      )
+
+  @classmethod
+  def per_tensor(cls) -> "Int4":
+    """One scale for the whole tensor."""
+    return cls(None)
+
+  @classmethod
+  def groups(cls, size: int = 32) -> "Int4":
+    """One scale per 1 x ``size`` group along the last axis."""
+    return cls((1, size))
+
+  @classmethod
+  def blocks(cls, size: int = 32) -> "Int4":
+    """One scale per ``size`` x ``size`` block of the last two axes."""
+    return cls((size, size))
+
+  @property
+  def storage_dtype(self) -> np.dtype:
+    return np.dtype(np.uint8)
+
+  @property
+  def grid(self) -> NumberGrid:
+    return NumberGrid.int4()
+
+  @property
+  def qmax(self) -> float:
+    return self.grid.qmax
+
+  @property
+  def tile(self) -> Tile:
+    return self.tile_shape
+
+  @property
+  def name(self) -> str:
+    return f"int4_{tiles.name(self.tile_shape)}"
+
+  def transpose(self) -> "Int4":
+    return Int4(tiles.transpose(self.tile_shape))
+
+  def pack(self, codes: Array) -> Array:
+    return int4.pack_int4(codes)
+
+  def unpack(self, stored: Array) -> Array:
+    return int4.unpack_int4(stored)
+
+  def stored_shape(self, shape) -> tuple[int, ...]:
+    return int4.packed_shape(shape)
+
+  def logical_shape(self, stored_shape) -> tuple[int, ...]:
+    return int4.unpacked_shape(stored_shape)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,9 +299,9 @@ class Fp8(QuantFormat):
         f"or (S, S), got {tile!r}"
       ) from None
     if kind in (TileKind.ROW_GROUPS, TileKind.COLUMN_GROUPS):
-      _check_size("Fp8 group size", tiles.size_of(tile), tiles.FP8_TILE_SIZES)
+      _check_size("Fp8 group size", tiles.size_of(tile), tiles.GROUP_SIZES)
     elif kind is TileKind.BLOCKS:
-      _check_size("Fp8 block size", tiles.size_of(tile), tiles.FP8_TILE_SIZES)
+      _check_size("Fp8 block size", tiles.size_of(tile), tiles.GROUP_SIZES)
 
   @classmethod
   def per_tensor(cls, dtype: Literal["e4m3", "e5m2"] = "e4m3") -> "Fp8":

@@ -19,8 +19,9 @@ class QTensor:
 
   Invariants (checked by :meth:`validate`):
 
-  * ``qvalue`` has the logical shape and ``format.storage_dtype``; ragged
-    tails are stored, never dropped or padded away;
+  * ``qvalue`` has ``format.storage_dtype`` and the logical shape (packed
+    formats: ``format.stored_shape`` of it, e.g. INT4's last axis halved);
+    ragged tails are stored, never dropped or padded away;
   * ``scale`` has ``format.scale_dtype`` (float32 unless the format stores
     bf16 scales), the same rank and shape
     ``ceil(qvalue.shape / tile)`` (all ones for per-tensor);
@@ -38,7 +39,13 @@ class QTensor:
 
   @property
   def shape(self) -> tuple[int, ...]:
-    return tuple(self.qvalue.shape)
+    """The logical shape (one code per element of the quantized tensor)."""
+    return self.format.logical_shape(self.qvalue.shape)
+
+  @property
+  def codes(self) -> Array:
+    """The codes unpacked, one per element (``qvalue`` unless packed)."""
+    return self.format.unpack(self.qvalue)
 
   @property
   def ndim(self) -> int:
@@ -55,11 +62,14 @@ class QTensor:
 
     For square blocks and per-tensor scales this is exactly the quantization
     of ``x.mT``; other tiles turn into their transposes (rows <-> columns).
+    Packed codes are unpacked, transposed and repacked (the new last axis
+    must be even).
     """
     if self.ndim < 2:
       raise ValueError(f"mT needs at least 2 axes, got shape {self.shape}")
+    fmt = self.format
     return QTensor(
-      jnp.swapaxes(self.qvalue, -1, -2),
+      fmt.pack(jnp.swapaxes(self.codes, -1, -2)),
       jnp.swapaxes(self.scale, -1, -2),
       self.format.transpose(),
       self.dtype,
@@ -68,7 +78,7 @@ class QTensor:
   def dequantize(self, dtype=None) -> Array:
     """Returns ``qvalue * scale`` in fp32, cast to ``dtype`` (default: .dtype)."""
     return dequantize_array(
-      self.qvalue,
+      self.codes,
       self.scale,
       tile=self.format.tile,
       out_dtype=np.dtype(self.dtype if dtype is None else dtype),
@@ -82,7 +92,8 @@ class QTensor:
     if self.qvalue.dtype != fmt.storage_dtype:
       raise ValueError(
         f"QTensor.qvalue has dtype {self.qvalue.dtype} and shape "
-        f"{self.shape}; format {fmt.name} expects {fmt.storage_dtype}"
+        f"{tuple(self.qvalue.shape)}; format {fmt.name} expects "
+        f"{fmt.storage_dtype}"
       )
     expected = scale_shape(self.shape, fmt.tile)
     bad_dtype = self.scale.dtype != fmt.scale_dtype

@@ -69,9 +69,10 @@ def quantize(
   check_float_array("x", x)
   if not isinstance(format, QuantFormat):
     raise ValueError(
-      f"format must be a QuantFormat (Int8Block, Fp8), got {format!r}"
+      f"format must be a QuantFormat (Int8Block, Int4, Fp8), got {format!r}"
     )
   check_rounding(rounding)
+  format.stored_shape(x.shape)  # ValueError if the codes cannot be stored
   if rounding == "stochastic" and seed is None:
     raise ValueError("rounding='stochastic' needs a seed (int or PRNG key)")
   seed = as_seed(seed) if rounding == "stochastic" else None
@@ -82,7 +83,7 @@ def quantize(
     tile=format.tile,
     scale_dtype=format.scale_dtype,
   )
-  return QTensor(codes, scale, format, np.dtype(x.dtype))
+  return QTensor(format.pack(codes), scale, format, np.dtype(x.dtype))
 
 
 def dequantize(qt: QTensor, dtype=None) -> Array:

@@ -7,11 +7,20 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from lowprec_jax._implementations import ImplementationLike
 from lowprec_jax.formats import random_bits
+from lowprec_jax.formats._hadamard import hadamard_candidates
 from lowprec_jax.ops._config import DotQuantConfig
 from lowprec_jax.ops._dot_general import quantized_dot_general
+from lowprec_jax.ops._int4_config import Int4Config
+from lowprec_jax.ops._int4_dot import (
+  canonical_operands,
+  choose_block,
+  initial_steps,
+  int4_dot_general,
+)
 from lowprec_jax.ops._recipes import get_recipe
 
 
@@ -25,6 +34,28 @@ class QuantState(nnx.Variable):
   """
 
 
+class HadamardState(nnx.Variable):
+  """An INT4 layer's ``[Hadamard block index, calls]`` (int32): the block is
+  searched on the first call (and every ``rechoose_every`` calls if set).
+  Not trained; saved with the model."""
+
+
+class LsqInit(nnx.Variable):
+  """An INT4 layer's initial LSQ steps of x and w (f32, set on the first
+  call from that batch: ``2 mean|v| / sqrt(7)``). Not trained."""
+
+
+class LsqStep(nnx.Param):
+  """The learned part of an INT4 layer's LSQ steps, in log scale:
+  ``steps = LsqInit * exp(LsqStep)`` (starts at 0).
+
+  The paper trains the step itself with SGD. Under Adam an additive step
+  would move by about the learning rate every update whatever its size (a
+  weight's step is ~0.05, so 1e-3 is 2% per update, and it can cross zero);
+  in log scale an update changes the step by a fraction of about the
+  learning rate, and the step stays positive."""
+
+
 class QuantDotGeneral(nnx.Module):
   """A drop-in ``dot_general`` that runs :func:`quantized_dot_general`.
 
@@ -32,6 +63,13 @@ class QuantDotGeneral(nnx.Module):
   ``nnx.Linear(dot_general=...)``. When the config rounds stochastically,
   each call draws a fresh seed ``hash(base_seed, counter)`` and increments
   the counter held in a :class:`QuantState`.
+
+  An :class:`~lowprec_jax.ops.Int4Config` runs
+  :func:`~lowprec_jax.ops.int4_dot_general` with the layer's state: the
+  Hadamard block (:class:`HadamardState`, searched on the first call with
+  that call's operands) and, for LSQ, the step sizes (:class:`LsqInit` plus
+  the trained :class:`LsqStep`, an ``nnx.Param`` that
+  ``nnx.Optimizer(..., wrt=nnx.Param)`` updates).
 
   Example:
     >>> import jax.numpy as jnp
@@ -55,7 +93,7 @@ class QuantDotGeneral(nnx.Module):
 
   def __init__(
     self,
-    config: DotQuantConfig | str,
+    config: DotQuantConfig | Int4Config | str,
     *,
     implementation: ImplementationLike | None = None,
     rngs: nnx.Rngs | None = None,
@@ -73,6 +111,14 @@ class QuantDotGeneral(nnx.Module):
         )
       base = jax.random.bits(rngs.quant(), (), jnp.uint32)
       self.state = QuantState(jnp.stack([base, jnp.zeros((), jnp.uint32)]))
+    self.hadamard: HadamardState | None = nnx.data(None)
+    self.lsq_init: LsqInit | None = nnx.data(None)
+    self.lsq_step: LsqStep | None = nnx.data(None)
+    if isinstance(self.config, Int4Config):
+      self.hadamard = HadamardState(jnp.zeros((2,), jnp.int32))
+      if self.config.scale == "lsq":
+        self.lsq_init = LsqInit(jnp.ones((2,), jnp.float32))
+        self.lsq_step = LsqStep(jnp.zeros((2,), jnp.float32))
 
   def _next_seed(self):
     if self.state is None:
@@ -91,6 +137,9 @@ class QuantDotGeneral(nnx.Module):
     *,
     out_sharding=None,
   ):
+    if isinstance(self.config, Int4Config):
+      with layer_scope(self.path):
+        return self._int4(lhs, rhs, dimension_numbers, preferred_element_type)
     with layer_scope(self.path):
       return quantized_dot_general(
         lhs,
@@ -103,6 +152,38 @@ class QuantDotGeneral(nnx.Module):
         implementation=self.implementation,
         seed=self._next_seed(),
       )
+
+  def _int4(self, lhs, rhs, dimension_numbers, preferred_element_type):
+    cfg = self.config
+    x3, w3 = canonical_operands(lhs, rhs, dimension_numbers)
+    x3, w3 = lax.stop_gradient(x3), lax.stop_gradient(w3)
+    index, calls = self.hadamard[...][0], self.hadamard[...][1]
+    search = calls == 0
+    if cfg.rechoose_every:
+      search = calls % cfg.rechoose_every == 0
+    index = lax.cond(search, lambda: choose_block(x3, w3, cfg), lambda: index)
+    self.hadamard[...] = jnp.stack([index, calls + 1])
+    steps = None
+    if cfg.scale == "lsq":
+      candidates = hadamard_candidates(x3.shape[-1], cfg.hadamard_blocks)
+      init = lax.cond(
+        calls == 0,
+        lambda: initial_steps(x3, w3, index, candidates),
+        lambda: self.lsq_init[...],
+      )
+      self.lsq_init[...] = init
+      steps = init * jnp.exp(self.lsq_step[...])
+    return int4_dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      preferred_element_type=preferred_element_type,
+      config=cfg,
+      block_index=index,
+      steps=steps,
+      seed=self._next_seed(),
+      implementation=self.implementation,
+    )
 
 
 def layer_scope(path: str):

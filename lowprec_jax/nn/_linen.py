@@ -25,6 +25,12 @@ class LinenQuantDotGeneral(nn.Module):
   def __post_init__(self):
     # A recipe name is resolved once, here, not on every call.
     object.__setattr__(self, "config", get_recipe(self.config))
+    if not isinstance(self.config, DotQuantConfig):
+      raise NotImplementedError(
+        f"recipe {self.config.name!r} (INT4) is not available for Linen yet: "
+        "its Hadamard block and LSQ steps are per-layer state that only "
+        "lowprec_jax.nn.QuantDotGeneral (NNX) keeps"
+      )
     super().__post_init__()
 
   @nn.compact

@@ -4,6 +4,8 @@ Public API: :func:`quantized_dot_general`, :class:`DotQuantConfig`,
 :class:`GemmQuant`, :class:`OperandQuant`, the recipes (:func:`bf16`,
 :func:`jetfire_int8`, :func:`fp8_current`, :func:`fp8_block`,
 :func:`coat_fp8`, :func:`get_recipe`, ``RECIPES``), :func:`census` and
+INT4 training (:func:`int4_dot_general`, :class:`Int4Config`,
+:func:`int4_hq`, :func:`int4_hq_b32`);
 ``RESIDUAL_NAMES``; and the non-linear ops that save a quantized copy of
 their input for the backward pass, :func:`layer_norm` and :func:`gelu`
 (``COAT_SAVED_ACTIVATIONS``, ``ACTIVATION_RESIDUAL_NAMES``).
@@ -25,6 +27,10 @@ from lowprec_jax.ops._dot_general import RESIDUAL_NAMES as RESIDUAL_NAMES
 from lowprec_jax.ops._dot_general import (
   quantized_dot_general as quantized_dot_general,
 )
+from lowprec_jax.ops._int4_config import Int4Config as Int4Config
+from lowprec_jax.ops._int4_config import int4_hq as int4_hq
+from lowprec_jax.ops._int4_config import int4_hq_b32 as int4_hq_b32
+from lowprec_jax.ops._int4_dot import int4_dot_general as int4_dot_general
 from lowprec_jax.ops._recipes import (
   COAT_SAVED_ACTIVATIONS as COAT_SAVED_ACTIVATIONS,
 )
@@ -45,6 +51,7 @@ __all__ = (
   "DotQuantConfig",
   "GemmQuant",
   "GemmRecord",
+  "Int4Config",
   "OperandQuant",
   "available_implementations",
   "bf16",
@@ -54,6 +61,9 @@ __all__ = (
   "fp8_current",
   "gelu",
   "get_recipe",
+  "int4_dot_general",
+  "int4_hq",
+  "int4_hq_b32",
   "jetfire_int8",
   "layer_norm",
   "quantized_dot_general",

@@ -69,6 +69,13 @@ class GemmQuant:
       )
     if lf is None:
       return
+    if "int4" in (lf.family, rf.family):
+      raise ValueError(
+        f"GemmQuant got lhs={lf.name} and rhs={rf.name}: INT4 GEMMs are not "
+        "available through DotQuantConfig yet (INT4 training needs the "
+        "Hadamard quantizer and bit-split gradients, which this config "
+        "cannot express)"
+      )
     if lf.family != rf.family:
       raise ValueError(
         f"GemmQuant operands must both be int8 or both fp8, got lhs="

@@ -442,6 +442,12 @@ def quantized_dot_general(
       missing seed, naming the argument, its shape and dtype.
   """
   config = get_recipe(config)
+  if not isinstance(config, DotQuantConfig):
+    raise ValueError(
+      f"config {config.name!r} is an INT4 recipe: it keeps per-layer state "
+      "(the Hadamard block, LSQ steps), so use lowprec_jax.nn."
+      "QuantDotGeneral / quantize_model, or lowprec_jax.ops.int4_dot_general"
+    )
   layout = canonicalize(lhs, rhs, dimension_numbers)
   if not config.quantized:
     return lax.dot_general(

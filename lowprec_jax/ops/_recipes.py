@@ -9,7 +9,14 @@ jetfire_int8   INT8 32x32 blocks, both         INT8 32x32 blocks, once for     R
 fp8_current    E4M3 per-tensor, both           E5M2 per-tensor                 RTN
 fp8_block      x: E4M3 1x128, w: E4M3 128x128  E4M3 1x128 along each GEMM's K  RTN
 coat_fp8       E4M3 per-tensor, both           E5M2 per-tensor                 RTN
+int4_hq        INT4 LSQ per-tensor after a     bit split (INT4 x 2), leverage  RTN fwd,
+               Hadamard rotation, both         sampled rows                    SR on g
+int4_hq_b32    INT4 32x32 blocks after a       bit split, every row (one INT8  RTN fwd,
+               Hadamard rotation, both         GEMM on 14 hi + lo)             SR on g
 =============  ==============================  ==============================  =========
+
+The INT4 recipes are :class:`~lowprec_jax.ops.Int4Config` objects (see
+``_int4_config``), run by :func:`~lowprec_jax.ops.int4_dot_general`.
 
 Square blocks and per-tensor scales transpose exactly, so those recipes reuse
 the forward codes in both backward GEMMs. ``fp8_block`` (DeepSeek-V3's
@@ -23,6 +30,7 @@ from collections.abc import Callable
 
 from lowprec_jax.formats._format import Fp8, Int8Block
 from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
+from lowprec_jax.ops._int4_config import Int4Config, int4_hq, int4_hq_b32
 
 
 def bf16() -> DotQuantConfig:
@@ -91,22 +99,26 @@ def coat_fp8() -> DotQuantConfig:
   return dataclasses.replace(fp8_current(), name="coat_fp8")
 
 
-RECIPES: dict[str, Callable[[], DotQuantConfig]] = {
+RECIPES: dict[str, Callable[[], DotQuantConfig | Int4Config]] = {
   "bf16": bf16,
   "jetfire_int8": jetfire_int8,
   "fp8_current": fp8_current,
   "fp8_block": fp8_block,
   "coat_fp8": coat_fp8,
+  "int4_hq": int4_hq,
+  "int4_hq_b32": int4_hq_b32,
 }
 
 
-def get_recipe(recipe: "str | DotQuantConfig") -> DotQuantConfig:
+def get_recipe(
+  recipe: "str | DotQuantConfig | Int4Config",
+) -> DotQuantConfig | Int4Config:
   """Returns the config for a recipe name (or passes a config through)."""
-  if isinstance(recipe, DotQuantConfig):
+  if isinstance(recipe, DotQuantConfig | Int4Config):
     return recipe
   if recipe not in RECIPES:
     raise ValueError(
-      f"recipe must be one of {sorted(RECIPES)} or a DotQuantConfig, got "
-      f"{recipe!r}"
+      f"recipe must be one of {sorted(RECIPES)}, a DotQuantConfig or an "
+      f"Int4Config, got {recipe!r}"
     )
   return RECIPES[recipe]()

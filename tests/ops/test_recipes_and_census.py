@@ -42,8 +42,19 @@ def test_recipes_are_what_the_docs_say():
     "fp8_current",
     "fp8_block",
     "coat_fp8",
+    "int4_hq",
+    "int4_hq_b32",
   }
   assert "fwd: int8_block32 x int8_block32" in jf.describe()
+  hq, ours = get_recipe("int4_hq"), get_recipe("int4_hq_b32")
+  assert (hq.scale, hq.split, hq.sampling) == ("lsq", "faithful", "leverage")
+  assert (ours.scale, ours.block, ours.split, ours.sampling) == (
+    "absmax",
+    32,
+    "full",
+    "all",
+  )
+  assert hq.needs_seed and "Hadamard along K" in hq.describe()
 
 
 DIMS = (((1,), (0,)), ((), ()))
