@@ -15,6 +15,7 @@ import shutil
 import sys
 
 from lowprec_jax.ops import RECIPES
+from train.init_from import check_init_from
 from train.loop import OPTIMIZERS, TrainConfig, run
 from train.model import GPTConfig
 from train.provenance import provenance
@@ -77,6 +78,13 @@ def parser() -> argparse.ArgumentParser:
     help="GEMM implementation (default: best available)",
   )
   p.add_argument(
+    "--init-from",
+    default=None,
+    metavar="RUN_DIR",
+    help="fine-tune: start from the model parameters of that run's latest "
+    "checkpoint (fresh optimizer and schedule; same model shape)",
+  )
+  p.add_argument(
     "--fresh",
     action="store_true",
     help="delete existing run directories instead of resuming",
@@ -119,6 +127,7 @@ def configs(args) -> list[TrainConfig]:
       eval_batches=args.eval_batches,
       ckpt_every=args.ckpt_every,
       implementation=args.implementation,
+      init_from=args.init_from,
     )
     for recipe, optimizer in runs
   ]
@@ -129,6 +138,8 @@ def main(argv=None) -> int:
   args = parser().parse_args(argv)
   try:
     cfgs = configs(args)
+    for cfg in cfgs:
+      check_init_from(cfg.init_from, cfg.to_json()["model"])
   except ValueError as e:
     parser().error(str(e))
   out = pathlib.Path(args.out)

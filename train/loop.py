@@ -23,6 +23,7 @@ from lowprec_jax import optim
 from lowprec_jax.ops import census, get_recipe
 from train import data as data_lib
 from train.checkpoint import Checkpoints
+from train.init_from import load_params
 from train.model import GPT, GPTConfig, loss_fn, quantize_gpt
 
 # optax.adamw and its quantized-state twins share a signature.
@@ -53,6 +54,7 @@ class TrainConfig:
   eval_batches: int = 8
   ckpt_every: int = 100
   implementation: str | None = None
+  init_from: str | None = None  # a run directory (train/init_from.py)
 
   def __post_init__(self):
     get_recipe(self.recipe)
@@ -201,6 +203,12 @@ def run(
     _check_resumable(run_dir, cfg)
     state = checkpoints.restore(start, state)
   else:
+    if cfg.init_from is not None:
+      state = load_params(
+        cfg.init_from,
+        state,
+        lambda saved: build(TrainConfig.from_json(saved))[1],
+      )
     (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
   val = data_lib.eval_batches(
     corpus,

@@ -41,6 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     ("coat_fp8", "adamw_fp8", 12),
     ("bf16", "adamw_8bit", 0),
     ("bf16", "adamw_4bit", 0),
+    ("int4_hq", "adamw", 16),  # two dlhs GEMMs (hi and lo) per Linear
+    ("int4_hq_b32", "adamw", 12),
   ],
 )
 def test_every_recipe_and_optimizer_trains(
