@@ -41,8 +41,9 @@ class HadamardState(nnx.Variable):
 
 
 class LsqInit(nnx.Variable):
-  """An INT4 layer's initial LSQ steps of x and w (f32, set on the first
-  call from that batch: ``2 mean|v| / sqrt(7)``). Not trained."""
+  """An INT4 layer's base LSQ steps of x and w (f32, ``2 mean|v| / sqrt(7)``
+  of the batch of the first call, and again at every block search when
+  ``rechoose_every`` is set). Not trained."""
 
 
 class LsqStep(nnx.Param):
@@ -167,7 +168,7 @@ class QuantDotGeneral(nnx.Module):
     if cfg.scale == "lsq":
       candidates = hadamard_candidates(x3.shape[-1], cfg.hadamard_blocks)
       init = lax.cond(
-        calls == 0,
+        search,
         lambda: initial_steps(x3, w3, index, candidates),
         lambda: self.lsq_init[...],
       )

@@ -54,7 +54,11 @@ class Int4Config:
     hadamard_blocks: candidate Hadamard block sizes (those dividing K are
       tried); one entry fixes the block.
     rechoose_every: re-run the block search every this many calls (0: only
-      on the first call).
+      on the first call), and with it LSQ's initialisation of the base
+      steps from that call's operands (the learned log-scale factor
+      :class:`lowprec_jax.nn.LsqStep` is kept). The paper initialises once,
+      for fine-tuning; from scratch the weights grow several-fold and a
+      step learned by Adam in log scale lags behind (see the README).
     split: "faithful" or "full" (:mod:`pallas_kernels.bit_split`).
     sampling: "leverage" (static-size leverage-score sampling of the split
       rows) or "all" (every row: one INT8 GEMM on ``14 hi + lo``, the

@@ -55,7 +55,7 @@ from lowprec_jax.formats._lsq import (
   lsq_initial_step,
   lsq_quantize,
 )
-from lowprec_jax.formats._quantize import quantize
+from lowprec_jax.formats._quantize import fake_quantize, quantize
 from lowprec_jax.ops._census import GemmTag
 from lowprec_jax.ops._dimension_numbers import canonicalize
 from lowprec_jax.ops._dot_general import _out_dtype, lowprec_gemm
@@ -138,11 +138,15 @@ def _lsq_search_quantizer(v: Array) -> Array:
 
 def choose_block(x3: Array, w3: Array, config: Int4Config) -> Array:
   """The Hadamard block index (into ``hadamard_candidates``) minimising
-  ``||X_hat - X|| ||W_hat - W||`` for x (B, M, K) and w (B, N, K)."""
-  quantizer = _lsq_search_quantizer if config.scale == "lsq" else None
-  kwargs = {} if quantizer is None else {"quantizer": quantizer}
+  ``||X_hat - X|| ||W_hat - W||`` for x (B, M, K) and w (B, N, K), each
+  quantized as the forward will: LSQ at its initial step, or the config's
+  absmax format."""
+  if config.scale == "lsq":
+    quantizer = _lsq_search_quantizer
+  else:
+    quantizer = functools.partial(fake_quantize, format=config.format)
   index, _, _ = choose_hadamard_block(
-    x3, w3, candidates=config.hadamard_blocks, **kwargs
+    x3, w3, quantizer=quantizer, candidates=config.hadamard_blocks
   )
   return index
 
