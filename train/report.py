@@ -1,7 +1,12 @@
-"""Loss-curve plots and summary tables for one run or a comparison."""
+"""Loss-curve plots and summary tables for one run or a comparison.
+
+``python -m train.report OUT_DIR`` redraws a comparison's plots
+(``comparison.png`` and each run's ``loss.png``) from the runs' metrics.
+"""
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 
@@ -62,16 +67,19 @@ def plot_runs(
   ax.legend()
   if compare:
     base_steps, base = smoothed[baseline]
+    span = 3.0  # percent; widened to show every run after its first quarter
     for i, (name, (steps, ema)) in enumerate(smoothed.items()):
       if name == baseline:
         continue
       n = min(len(base), len(ema))
       rel = 100 * (ema[:n] / base[:n] - 1)
       axes[1].plot(steps[:n], rel, color=f"C{i}", label=name)
+      if n >= 4:
+        span = max(span, float(np.ceil(np.abs(rel[n // 4 :]).max())) + 1)
     axes[1].axhline(0, color="C0", linewidth=1, label=baseline)
     axes[1].set_xlabel("step")
     axes[1].set_ylabel(f"EMA train loss vs {baseline} (%)")
-    axes[1].set_ylim(-3, 3)
+    axes[1].set_ylim(-span, span)
     axes[1].set_title(f"relative to {baseline}")
     axes[1].grid(alpha=0.3)
     axes[1].legend()
@@ -170,3 +178,24 @@ def write_comparison(
     f"{provenance['commit']}, {provenance['date']}\n\n" + markdown_table(rows)
   )
   return rows
+
+
+def redraw(out_dir: pathlib.Path) -> None:
+  """Redraws ``comparison.png`` and each run's ``loss.png`` under
+  ``out_dir`` (a comparison written by ``python -m train``)."""
+  summary = json.loads((out_dir / "summary.json").read_text())
+  runs = {r["run"]: out_dir / r["run"] for r in summary["rows"]}
+  for name, run_dir in runs.items():
+    plot_runs({name: run_dir}, run_dir / "loss.png", name)
+  plot_runs(runs, out_dir / "comparison.png", "lowprec_jax GPT: loss by run")
+
+
+if __name__ == "__main__":
+  if (
+    len(sys.argv) != 2
+    or not (pathlib.Path(sys.argv[1]) / "summary.json").is_file()
+  ):
+    sys.exit(
+      "usage: python -m train.report OUT_DIR (a folder with summary.json)"
+    )
+  redraw(pathlib.Path(sys.argv[1]))

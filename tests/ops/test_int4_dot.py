@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lowprec_jax.formats import Int4, quantize
-from lowprec_jax.formats._lsq import lsq_derivatives, lsq_quantize
+from lowprec_jax.formats import Int4, fake_quantize, quantize
+from lowprec_jax.formats._hadamard import choose_hadamard_block
+from lowprec_jax.formats._lsq import (
+  lsq_derivatives,
+  lsq_fake_quantize,
+  lsq_initial_step,
+  lsq_quantize,
+)
 from lowprec_jax.nn import QuantDotGeneral, QuantRule, quantize_model
 from lowprec_jax.ops import (
   Int4Config,
@@ -47,6 +53,16 @@ def _state(cfg):
   x3, w3 = canonical_operands(X, W, DIMS)
   index = choose_block(x3, w3, cfg)
   return index, initial_steps(x3, w3, index, (1, 2, 4, 8, 16, 32, 64, 128))
+
+
+def test_block_search_quantizes_as_the_forward_does():
+  x3, w3 = canonical_operands(X, W, DIMS)
+  for cfg, quantizer in (
+    (int4_hq_b32(), lambda v: fake_quantize(v, Int4.blocks(32))),
+    (int4_hq(), lambda v: lsq_fake_quantize(v, lsq_initial_step(v))),
+  ):
+    want, _, _ = choose_hadamard_block(x3, w3, quantizer=quantizer)
+    assert int(choose_block(x3, w3, cfg)) == int(want)
 
 
 def test_forward_is_the_int8_gemm_of_the_rotated_codes():

@@ -13,6 +13,7 @@ import pytest
 from train.cli import main
 from train.loop import TrainConfig, read_metrics, run
 from train.model import GPTConfig
+from train.report import redraw
 
 # Every run trains with optax (adamw, or the full-precision part of ours).
 pytestmark = pytest.mark.standard_promotion
@@ -218,6 +219,12 @@ def test_cli_compares_runs(tmp_path, capsys):
   assert summary["provenance"]["command"].startswith("python -m train")
   table = (tmp_path / "summary.md").read_text()
   assert "| coat_fp8+adamw_fp8 | 6 |" in table
+  for png in ("comparison.png", "bf16+adamw_8bit/loss.png"):
+    assert (tmp_path / png).stat().st_size > 10_000
+  # python -m train.report redraws the plots from the metrics alone.
+  for png in ("comparison.png", "bf16+adamw_8bit/loss.png"):
+    (tmp_path / png).unlink()
+  redraw(tmp_path)
   for png in ("comparison.png", "bf16+adamw_8bit/loss.png"):
     assert (tmp_path / png).stat().st_size > 10_000
 
