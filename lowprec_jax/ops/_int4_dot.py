@@ -92,6 +92,12 @@ class GemmOperand:
   tile: tiles.Tile = dataclasses.field(metadata=dict(static=True))
   packed: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
+  def unpacked(self) -> "GemmOperand":
+    """The same operand with one int8 code per element."""
+    if not self.packed:
+      return self
+    return GemmOperand(Int4().unpack(self.codes), self.scale, self.tile)
+
 
 @dataclasses.dataclass(frozen=True)
 class Int4XlaGemm:
@@ -102,13 +108,11 @@ class Int4XlaGemm:
   name: str = "xla"
 
   def matmul(self, a: GemmOperand, b: GemmOperand, out_dtype):
-    def codes(x: GemmOperand) -> Array:
-      return Int4().unpack(x.codes) if x.packed else x.codes
-
+    a, b = a.unpacked(), b.unpacked()
     return scaled_matmul(
-      codes(a),
+      a.codes,
       a.scale,
-      codes(b),
+      b.codes,
       b.scale,
       a_tile=a.tile,
       b_tile=b.tile,
@@ -237,14 +241,9 @@ def _int4_qdot_fwd(x3, w3, steps, index, seed, plan):
 # ---------------------------------------------------------------- backward
 
 
-def _unpacked(op: GemmOperand) -> GemmOperand:
-  codes = Int4().unpack(op.codes) if op.packed else op.codes
-  return GemmOperand(codes, op.scale, op.tile)
-
-
 def _transposed(op: GemmOperand) -> GemmOperand:
   """The operand of the transposed matrix (unpacked codes)."""
-  op = _unpacked(op)
+  op = op.unpacked()
   return GemmOperand(
     jnp.swapaxes(op.codes, 1, 2),
     jnp.swapaxes(op.scale, 1, 2),
@@ -315,7 +314,7 @@ def _backward_leverage(g_formats, plan, hi, lo, inv_sigma, a, b, seed):
   )
 
   # wgrad: sample rows of [14 hi; lo] with x's rows duplicated.
-  x = _unpacked(a)  # per-tensor scale (leverage needs it: Int4Config)
+  x = a.unpacked()  # per-tensor scale (leverage needs it: Int4Config)
   x_norms = row_norms(x.codes)
   scores = norms * jnp.concatenate([x_norms, x_norms], axis=1)
 
