@@ -103,9 +103,15 @@ def check_rounding(rounding, name: str = "rounding") -> None:
 
 
 def as_seed(seed, name: str = "seed") -> Array:
-  """An int, an integer scalar array or a PRNG key as a uint32 scalar."""
+  """An int in [0, 2^32), an integer scalar array (taken modulo 2^32: a
+  traced value cannot be checked) or a PRNG key as a uint32 scalar."""
   if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-    return jnp.asarray(int(seed) & 0xFFFFFFFF, jnp.uint32)
+    if not 0 <= int(seed) < 2**32:
+      raise ValueError(
+        f"{name}={int(seed)} is outside [0, 2**32): seeds are uint32 (pass "
+        f"{name} % 2**32 to wrap it, or a jax.random key)"
+      )
+    return jnp.asarray(int(seed), jnp.uint32)
   dtype = getattr(seed, "dtype", None)
   if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
     if seed.shape != ():

@@ -11,6 +11,24 @@ group (``(...)``, the group axis reduced).
   per-group FP8), faithful or compact metadata.
 * ``CodebookCodec``: blockwise absmax onto a sorted codebook (8 or 4 bits).
 
+Non-finite values (the contract of every quantized codec). Group statistics
+(absmax, DRE's max and min) are taken over the *finite* elements only, and a
+non-finite element is stored as its own code, so an ``inf`` or ``NaN`` moment
+affects only its own element, as in float32 Adam. A group without
+non-finite elements is encoded exactly as before (no cost). A group with
+some is *flagged* by a negative first statistic (``-|s|``, ``-A`` or
+``-M``; a flagged group whose finite elements are all zero stores
+``-TINY``) and gives up its largest codes, which its finite elements then
+never use:
+
+* FP8: ``+fmax`` decodes ``+inf``, ``-fmax`` decodes ``-inf``, the NaN code
+  ``NaN``; finite elements are scaled onto ``[-fmax', fmax']``, ``fmax'`` the
+  next lower FP8 value (E4M3 416, E5M2 49152). Exact round trip.
+* codebooks: the last index decodes ``+inf``, the one below it ``NaN``; the
+  finite elements' absmax maps to the third-largest code. ``-inf`` is stored
+  as ``NaN`` (for Adam's update both give NaN: a non-finite first moment
+  comes with a non-finite second moment, and ``-inf/inf`` is NaN too).
+
 Everything here is kernel-safe: elementwise math, last-axis reductions,
 bitcasts, integer shifts; no ``round``/``floor`` (a float-to-int cast of a
 positive value floors it), no captured arrays. Codebooks come in as inputs
@@ -22,6 +40,7 @@ import functools
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from pallas_kernels import numerics
@@ -29,6 +48,7 @@ from pallas_kernels import numerics
 # Magnitudes below the smallest normal float32 are treated as zero: XLA and
 # Triton may flush denormals, and such moments are irrelevant to an update.
 TINY = float(jnp.finfo(jnp.float32).tiny)
+F32_MAX = float(jnp.finfo(jnp.float32).max)
 # k is kept on a 1/16 grid and below 2**16 (an int32-safe floor).
 K_STEPS = 16
 K16_MAX = 2**20
@@ -109,6 +129,33 @@ def _absmax(parts) -> Array:
   )
 
 
+def _divide(x: Array, d: Array) -> Array:
+  """``x / d`` for any finite ``d > 0``, up to float32's max. XLA (and a
+  GPU's fast division) divide through ``1/d``, which flushes to zero for
+  ``d > 2^126``; above 2^64 both sides are scaled by 2^-64 first (exact,
+  and an ``x`` that this flushes is below 2^-126 d anyway)."""
+  factor = jnp.where(d > 2.0**64, 2.0**-64, 1.0)
+  return (x * factor) / (d * factor)
+
+
+def _finite_parts(parts) -> tuple[tuple[Array, ...], Array]:
+  """Parts with non-finite elements zeroed, and the per-group flag "this
+  group holds a non-finite element" (a float max: bool reductions are not
+  kernel-safe)."""
+  finite = tuple(jnp.where(jnp.isfinite(p), p, 0.0) for p in parts)
+  flag = functools.reduce(
+    jnp.maximum,
+    [jnp.max(jnp.where(jnp.isfinite(p), 0.0, 1.0), axis=-1) for p in parts],
+  )
+  return finite, flag > 0
+
+
+def _flagged(stat: Array) -> tuple[Array, Array]:
+  """(flag, magnitude) of a stored first statistic (negative: flagged)."""
+  stat = stat.astype(jnp.float32)
+  return stat < 0, jnp.abs(stat)
+
+
 def _absmin_nonzero(parts) -> Array:
   """Smallest non-zero magnitude per group (+inf for an all-zero group)."""
   mins = [
@@ -141,6 +188,8 @@ class Fp8DreCodec:
   m = M is kept when the magnitudes are all equal) and k, c, s recomputed
   from the stored values on both encode and decode. A compact constant group
   therefore decodes to ±M rounded up to bfloat16 (relative error < 2^-7).
+  Non-finite elements: the module docstring (``M`` and ``m`` are over the
+  finite elements; ``±fmax`` codes are ``±inf`` in a flagged group).
   """
 
   dtype: str = "float8_e4m3fn"
@@ -158,12 +207,28 @@ class Fp8DreCodec:
   def fmax(self) -> float:
     return float(jnp.finfo(self.dtype).max)
 
-  def _params(self, amax, amin):
-    """(s, k, c) from the group's max and non-zero min magnitudes."""
+  @property
+  def fmax_flagged(self) -> float:
+    """The largest magnitude a flagged group's finite elements may take:
+    the FP8 value just below ``fmax`` (whose codes then mean ``±inf``)."""
+    top = np.array(self.fmax, jnp.dtype(self.dtype)).view(np.uint8)
+    return float((top - 1).view(jnp.dtype(self.dtype)))
+
+  def _fmax(self, flag) -> Array:
+    return jnp.where(flag, self.fmax_flagged, self.fmax)
+
+  def _per_fmax(self, x, flag) -> Array:
+    """``x / fmax`` (``fmax_flagged`` in a flagged group), each a division by
+    a constant, so unflagged groups keep their bits (XLA may rewrite a
+    division by a constant, not by a selected array)."""
+    return jnp.where(flag, x / self.fmax_flagged, x / self.fmax)
+
+  def _params(self, amax, amin, flag):
+    """(s, k, c) from the group's max and non-zero min finite magnitudes."""
     zero = amax < TINY
     hi = jnp.where(zero, 1.0, amax)
     if not self.expand:
-      return hi / self.fmax, None, None
+      return self._per_fmax(hi, flag), None, None
     flat = zero | (amin >= amax)
     lo = jnp.where(flat, hi, jnp.maximum(amin, TINY))
     log_ratio = jnp.where(flat, 1.0, jnp.log2(hi) - jnp.log2(lo))
@@ -171,54 +236,66 @@ class Fp8DreCodec:
     k16 = jnp.clip(target / log_ratio, 1.0, K16_MAX).astype(jnp.int32)
     k = jnp.where(flat, 1.0, k16.astype(jnp.float32) / K_STEPS)
     c = jnp.sqrt(hi) * jnp.sqrt(lo)
-    s = jnp.exp2(k * jnp.log2(hi / c)) / self.fmax
+    s = self._per_fmax(jnp.exp2(k * jnp.log2(_divide(hi, c))), flag)
     return s, k, c
 
   def _stats_params(self, stats):
+    """(s, k, c, flag) from stored stats (k, c None without expansion)."""
+    flag, first = _flagged(stats[0])
     if not self.compact:
-      return (stats[0], *((stats[1], stats[2]) if self.expand else (None,) * 2))
-    amax = stats[0].astype(jnp.float32)
+      k, c = (stats[1], stats[2]) if self.expand else (None, None)
+      return first, k, c, flag
     amin = stats[1].astype(jnp.float32) if self.expand else None
-    return self._params(amax, amin)
+    return *self._params(first, amin, flag), flag
 
   def encode(self, parts, lookup):
     del lookup
-    amax = _absmax(parts)
-    amin = jnp.minimum(_absmin_nonzero(parts), amax) if self.expand else None
+    finite, flag = _finite_parts(parts)
+    amax = _absmax(finite)
+    amin = jnp.minimum(_absmin_nonzero(finite), amax) if self.expand else None
     if self.compact:
-      high = numerics.round_to_bf16(amax, up=True).astype(jnp.bfloat16)
-      stats = (high,)
+      high = numerics.round_to_bf16(amax, up=True)
+      stored = jnp.where(flag, -jnp.maximum(high, TINY), high)
+      stats = (stored.astype(jnp.bfloat16),)
       if self.expand:  # equal magnitudes stay equal after rounding
-        low = numerics.round_to_bf16(amin, up=False).astype(jnp.bfloat16)
-        stats += (jnp.where(amin >= amax, high, low),)
-      s, k, c = self._stats_params(stats)
+        low = numerics.round_to_bf16(amin, up=False)
+        stats += (jnp.where(amin >= amax, high, low).astype(jnp.bfloat16),)
+      s, k, c, _ = self._stats_params(stats)
     else:
-      s, k, c = self._params(amax, amin)
-      stats = (s, k, c) if self.expand else (s,)
-    codes = tuple(self._quantize(p, s, k, c) for p in parts)
+      s, k, c = self._params(amax, amin, flag)
+      stored = jnp.where(flag, -s, s)
+      stats = (stored, k, c) if self.expand else (stored,)
+    codes = tuple(self._quantize(p, s, k, c, flag) for p in parts)
     return codes, stats
 
-  def _quantize(self, x, s, k, c):
+  def _quantize(self, x, s, k, c, flag):
+    finite = jnp.isfinite(x)
+    y = jnp.where(finite, x, 0.0)
     if self.expand:
-      a = jnp.abs(x)
-      t = a / c[..., None]
-      y = jnp.exp2(k[..., None] * jnp.log2(jnp.where(a > 0, t, 1.0)))
-      x = jnp.where(a > 0, jnp.where(x < 0, -y, y), 0.0)
-    y = jnp.clip(x / s[..., None], -self.fmax, self.fmax)
-    return y.astype(self.dtype)
+      a = jnp.abs(y)
+      t = _divide(a, c[..., None])
+      e = jnp.exp2(k[..., None] * jnp.log2(jnp.where(a > 0, t, 1.0)))
+      y = jnp.where(a > 0, jnp.where(y < 0, -e, e), 0.0)
+    limit = self._fmax(flag)[..., None]
+    y = jnp.clip(y / s[..., None], -limit, limit)
+    special = jnp.where(jnp.isnan(x), jnp.nan, jnp.sign(x) * self.fmax)
+    return jnp.where(finite, y, special).astype(self.dtype)
 
   def decode(self, codes, stats, lookup):
     del lookup
-    s, k, c = self._stats_params(stats)
+    s, k, c, flag = self._stats_params(stats)
     out = []
     for q in codes:
-      t = q.astype(jnp.float32) * s[..., None]
+      qf = q.astype(jnp.float32)
+      t = qf * s[..., None]
       if self.expand:
         a = jnp.abs(t)
         root = jnp.exp2(jnp.log2(jnp.where(a > 0, a, 1.0)) / k[..., None])
         mag = jnp.where(a > 0, c[..., None] * root, 0.0)
         t = jnp.where(t < 0, -mag, mag)
-      out.append(t)
+      infinite = flag[..., None] & (jnp.abs(qf) == self.fmax)
+      t = jnp.where(infinite, jnp.sign(qf) * jnp.inf, t)
+      out.append(jnp.where(jnp.isnan(qf), jnp.nan, t))
     return tuple(out)
 
 
@@ -229,6 +306,7 @@ class CodebookCodec:
   ``A`` = max|x| of the group, ``i = nearest(x / A)`` (uint8 index into the
   sorted codebook), ``x' = codebook[i] A``. An all-zero group keeps A = 0 and
   divides by 1. 4-bit indices are packed two per byte (halves of a group).
+  Non-finite elements: the module docstring (the two top indices).
   """
 
   bits: int = 8
@@ -238,13 +316,30 @@ class CodebookCodec:
   def packed(self) -> bool:
     return self.bits == 4
 
+  @property
+  def top(self) -> int:
+    """The last index (``+inf`` in a flagged group; ``top - 1`` is NaN)."""
+    return 2**self.bits - 1
+
   def encode(self, parts, lookup):
-    absmax = _absmax(parts)
-    safe = jnp.where(absmax > 0, absmax, 1.0)[..., None]
-    idx = [lookup.nearest(p / safe) for p in parts]
+    finite, flag = _finite_parts(parts)
+    absmax = _absmax(finite)
+    reserved = jnp.maximum(absmax / lookup.value(self.top - 2), TINY)
+    reserved = jnp.minimum(reserved, F32_MAX)  # absmax near float32's max
+    scale = jnp.where(flag, reserved, absmax)
+    safe = jnp.where(scale > 0, scale, 1.0)[..., None]
+    idx = [
+      jnp.where(
+        jnp.isfinite(p),
+        lookup.nearest(_divide(f, safe)),
+        jnp.where(p == jnp.inf, self.top, self.top - 1),
+      )
+      for p, f in zip(parts, finite)
+    ]
+    stat = (jnp.where(flag, -scale, absmax),)
     if self.packed:
-      return ((idx[0] | (idx[1] << 4)).astype(jnp.uint8),), (absmax,)
-    return tuple(i.astype(jnp.uint8) for i in idx), (absmax,)
+      return ((idx[0] | (idx[1] << 4)).astype(jnp.uint8),), stat
+    return tuple(i.astype(jnp.uint8) for i in idx), stat
 
   def decode(self, codes, stats, lookup):
     if self.packed:
@@ -252,4 +347,11 @@ class CodebookCodec:
       idx = (byte & 15, byte >> 4)
     else:
       idx = tuple(c.astype(jnp.int32) for c in codes)
-    return tuple(lookup.value(i) * stats[0][..., None] for i in idx)
+    flag, scale = _flagged(stats[0])
+    flag = flag[..., None]
+    out = []
+    for i in idx:
+      value = lookup.value(i) * scale[..., None]
+      value = jnp.where(flag & (i == self.top - 1), jnp.nan, value)
+      out.append(jnp.where(flag & (i == self.top), jnp.inf, value))
+    return tuple(out)

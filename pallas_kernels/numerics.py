@@ -410,6 +410,7 @@ def finite_absmax(x: Array, axis=None, keepdims: bool = False):
   elif isinstance(axis, int):
     axis = (axis,)
   for one in sorted((a % x.ndim for a in axis), reverse=True):
-    absmax = jnp.max(absmax, axis=one, keepdims=keepdims)
-    bad = jnp.max(bad, axis=one, keepdims=keepdims)
+    # initial=0 (both are >= 0): a zero-size x has absmax 0 and is finite.
+    absmax = jnp.max(absmax, axis=one, keepdims=keepdims, initial=0.0)
+    bad = jnp.max(bad, axis=one, keepdims=keepdims, initial=0.0)
   return absmax, bad == 0

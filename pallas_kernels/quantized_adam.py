@@ -11,6 +11,7 @@ Contract. A tensor is viewed as groups, rows of ``G`` elements: gradients
     m_hat = m / (1 - b1^t)                  # nesterov: b1 m / (1 - b1^(t+1))
     v_hat = v / (1 - b2^t)                  #            + (1 - b1) g / (1 - b1^t)
     update = m_hat / (sqrt(v_hat + eps_root) + eps)
+    m = 0 where v = +inf and m is finite    # a dead element (see step)
     mu, nu = encode(m), encode(v)
 
 and the fp32 moments live only inside one block of groups. Groups are
@@ -109,6 +110,14 @@ def step(g, mu, nu, hyper, *, codecs, lookups, nesterov, separate_products):
   update = tuple(
     mh / (jnp.sqrt(vi / hyper(_BC2) + hyper(_EPS_ROOT)) + hyper(_EPS))
     for mh, vi in zip(m_hat, v)
+  )
+  # A dead element (v = +inf, m finite: g^2 overflowed) has update m/inf = 0
+  # now and forever (b2 > 0 keeps v infinite), whatever m is; its m is
+  # stored as 0 so it cannot set its group's scale and flush the others.
+  keep = hyper(_B2) > 0
+  m = tuple(
+    jnp.where(keep & (vi == jnp.inf) & jnp.isfinite(mi), 0.0, mi)
+    for mi, vi in zip(m, v)
   )
   return update, mu_codec.encode(m, mu_lookup), nu_codec.encode(v, nu_lookup)
 

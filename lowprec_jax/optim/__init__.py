@@ -6,9 +6,8 @@
 * The transform :func:`scale_by_adam_quantized` and its state.
 * Moment formats :class:`Fp8Dre` and :class:`Codebook`, the pytree
   :class:`QuantizedMoment`, :func:`quantize_moment`.
-* Masks (:func:`quantize_mask`, :func:`default_quantize_mask`,
-  :func:`partition_by_mask`), shardings (:func:`state_partition_specs`,
-  :func:`state_shardings`) and :func:`state_bytes`.
+* Masks (:func:`quantize_mask`, :func:`default_quantize_mask`), shardings
+  (:func:`state_partition_specs`, :func:`state_shardings`) and :func:`state_bytes`.
 """
 
 from lowprec_jax.optim._alias import adamw_4bit as adamw_4bit
@@ -18,7 +17,6 @@ from lowprec_jax.optim._alias import adamw_quantized as adamw_quantized
 from lowprec_jax.optim._masks import (
   default_quantize_mask as default_quantize_mask,
 )
-from lowprec_jax.optim._masks import partition_by_mask as partition_by_mask
 from lowprec_jax.optim._masks import quantize_mask as quantize_mask
 from lowprec_jax.optim._moment_formats import Codebook as Codebook
 from lowprec_jax.optim._moment_formats import Fp8Dre as Fp8Dre
@@ -50,7 +48,6 @@ __all__ = (
   "adamw_quantized",
   "default_quantize_mask",
   "moment_nbytes",
-  "partition_by_mask",
   "quantize_mask",
   "quantize_moment",
   "scale_by_adam_quantized",

@@ -4,14 +4,18 @@ Each alias is ``optax.adamw`` with the moments of large matrices stored
 quantized. Its positional arguments are ``optax.adamw``'s, so
 ``optax.inject_hyperparams`` and schedules work unchanged (pass
 ``static_args=("quantize_mask",)`` if the quantize mask is a callable, as for
-``mask``). The recipe::
+``mask``; without it the error says so). The recipe is ``optax.adamw``'s
+chain with its first link replaced::
 
     chain(
-      partition({quantized: scale_by_adam_quantized(mu_format, nu_format),
-                 full_precision: scale_by_adam(mu_dtype)}, quantize_mask),
+      scale_by_adam_quantized(b1, b2, eps, eps_root, mu_dtype,
+                              mu_format=..., nu_format=..., quantize_mask=...),
       add_decayed_weights(weight_decay, mask),
       scale_by_learning_rate(learning_rate),
     )
+
+so ``optax.tree.get(state, "mu")`` and ``optax.tree.set`` work as for
+``optax.adamw``.
 """
 
 from typing import Any
@@ -67,21 +71,21 @@ def adamw_quantized(
     implementation: ``"xla"``, ``"pallas"``, an implementation, a sequence
       of them tried in order, or None (see :func:`scale_by_adam_quantized`).
   """
-  quantized = _transform.scale_by_adam_quantized(
-    b1,
-    b2,
-    eps,
-    eps_root,
-    mu_format=mu_format,
-    nu_format=nu_format,
-    nesterov=nesterov,
-    implementation=implementation,
-  )
-  full_precision = optax.scale_by_adam(
-    b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov
-  )
   return optax.chain(
-    _masks.partition_by_mask(quantized, full_precision, quantize_mask),
+    _transform.scale_by_adam_quantized(
+      b1,
+      b2,
+      eps,
+      eps_root,
+      mu_dtype,
+      mu_format=mu_format,
+      nu_format=nu_format,
+      quantize_mask=_masks.default_quantize_mask
+      if quantize_mask is None
+      else quantize_mask,
+      nesterov=nesterov,
+      implementation=implementation,
+    ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -1,4 +1,4 @@
-"""Which parameters get quantized optimizer states, and optax's partition.
+"""Which parameters get quantized optimizer states.
 
 The decision uses each parameter's *global* shape and its path, never a
 shard's shape (bitsandbytes#2080 and torchao#4912 decided per shard, so the
@@ -20,11 +20,9 @@ Kept in full precision by default (each is an industry lesson):
 import re
 
 import jax
-import optax
 
 DEFAULT_MIN_SIZE = 4096
 DEFAULT_EXCLUDE = r"(?i)embed|\bwte\b|\bwpe\b|lm_head"
-QUANTIZED, FULL_PRECISION = "quantized", "full_precision"
 
 
 def _path(keys) -> str:
@@ -57,24 +55,3 @@ default_quantize_mask = quantize_mask()
 default_quantize_mask.__doc__ = (
   "The default mask: ``quantize_mask(min_size=4096, exclude=DEFAULT_EXCLUDE)``."
 )
-
-
-def partition_by_mask(quantized, full_precision, mask=None):
-  """``optax.partition`` sending masked-in leaves to ``quantized``.
-
-  Args:
-    quantized: transformation for leaves where the mask is True.
-    full_precision: transformation for the others.
-    mask: a tree of bools matching the parameters, or a callable
-      ``params -> tree of bools`` (optax's convention); None uses
-      :func:`default_quantize_mask`.
-  """
-  mask = default_quantize_mask if mask is None else mask
-
-  def labels(params):
-    flags = mask(params) if callable(mask) else mask
-    return jax.tree.map(lambda q: QUANTIZED if q else FULL_PRECISION, flags)
-
-  return optax.partition(
-    {QUANTIZED: quantized, FULL_PRECISION: full_precision}, labels
-  )

@@ -10,10 +10,11 @@ that tensor for ``"xla"``).
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
 
@@ -52,16 +53,19 @@ def scale_by_adam_quantized(
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
   eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: Any | None = None,
   *,
   mu_format: mf.MomentFormat | None,
   nu_format: mf.MomentFormat | None,
+  quantize_mask: Any | None = None,
   nesterov: bool = False,
   implementation: impls.ImplementationLike | None = None,
 ) -> optax.GradientTransformation:
-  r"""Rescales updates by Adam, storing both moments in quantized formats.
+  r"""Rescales updates by Adam, storing the moments of chosen leaves quantized.
 
   With :math:`g_t` the gradient, :math:`Q_\mu, Q_\nu` the formats' quantizers
-  and :math:`D` dequantization, every step computes in float32
+  and :math:`D` dequantization, every step of a quantized leaf computes in
+  float32
 
   .. math::
     m_t = (1 - \beta_1) g_t + \beta_1 D(\mu_{t-1}), \quad
@@ -71,17 +75,31 @@ def scale_by_adam_quantized(
     \mu_t = Q_\mu(m_t), \quad \nu_t = Q_\nu(v_t)
 
   exactly as ``optax.scale_by_adam`` (same bias correction, ``eps_root``
-  and Nesterov variant); with both formats ``None`` it *is*
-  ``optax.scale_by_adam`` bit for bit (float32 parameters).
+  and Nesterov variant). Every other leaf (masked out, or both formats
+  None) *is* ``optax.scale_by_adam``: its update is computed by optax's own
+  code on those leaves, so it matches ``optax.adamw`` bit for bit. The state
+  is one :class:`ScaleByAdamQuantizedState` whose ``mu``/``nu`` trees mirror
+  the parameters (``optax.tree.get(state, "mu")`` finds them).
+
+  Non-finite values behave per element as in float32 Adam: the formats
+  keep ``inf``/``NaN`` elements out of their group's statistics and store
+  them exactly (:mod:`pallas_kernels.moment_codecs`), and the first moment
+  of an element whose second moment overflowed to ``+inf`` (update 0 for
+  good) is stored as 0. Use ``optax.apply_if_finite`` to skip such steps
+  instead.
 
   Args:
     b1: decay of the first moment.
     b2: decay of the second moment.
     eps: added to the denominator outside the square root.
     eps_root: added to the denominator inside the square root.
+    mu_dtype: dtype of the first moment of full-precision leaves (optax's).
     mu_format: storage of the first moment (signed): :class:`Fp8Dre`,
       :class:`Codebook`, or None for the parameter's own dtype.
     nu_format: storage of the second moment, or None.
+    quantize_mask: which leaves get quantized moments: a tree of bools
+      matching the parameters, a callable ``params -> tree of bools``, or
+      None (every leaf).
     nesterov: use Nesterov momentum (``optax.nadam``'s rule).
     implementation: ``"xla"`` (plain jnp), ``"pallas"`` (one fused kernel per
       tensor, interpreted on CPU; needs a quantized format), an
@@ -108,6 +126,7 @@ def scale_by_adam_quantized(
         f"{nu_format.group} must be equal (both moments share one grouping)"
       )
   formats = (mu_format, nu_format)
+  quantizing = any(f is not None for f in formats)
   resolve = functools.partial(
     IMPLEMENTATIONS.resolve,
     implementation,
@@ -115,37 +134,35 @@ def scale_by_adam_quantized(
     f"mu_format={mu_format}, nu_format={nu_format}",
   )
   resolve()  # a bad request fails here, not at the first update
-  group = (mu_format or nu_format).group if (mu_format or nu_format) else None
-
-  def zero_moment(p, fmt):
-    mf.check_float(p, "every parameter")
-    _sharding.check_param_sharding(p, fmt)
-    return mf.zeros_moment(p.shape, fmt)
+  group = (mu_format or nu_format).group if quantizing else None
+  full_precision = optax.scale_by_adam(
+    b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov
+  )
 
   def init_moment(p, fmt):
-    if fmt is None:  # like optax: zeros of the parameter (wrapper kept)
+    if fmt is None:  # zeros of the parameter's dtype (wrapper kept)
       return jax.tree.map(jnp.zeros_like, p)
-    p = _sharding.unwrap(p)
-    return jax.tree.map(lambda x: zero_moment(x, fmt), p)  # or a MaskedNode
+    value = _sharding.unwrap(p)
+    mf.check_float(value, "every parameter with quantized moments")
+    _sharding.check_param_sharding(value, fmt)
+    return mf.zeros_moment(value.shape, fmt)
 
   def init_fn(params):
-    # A quantized moment replaces an array wrapper (Flax Variable) rather than
-    # sitting inside one, so nnx.Optimizer wraps its codes and stats singly.
-    moments = [
-      jax.tree.map(
-        lambda p, f=fmt: init_moment(p, f),
-        params,
-        is_leaf=_sharding.is_array_wrapper,
-      )
-      for fmt in formats
-    ]
-    return ScaleByAdamQuantizedState(jnp.zeros([], jnp.int32), *moments)
+    leaves, treedef = jax.tree.flatten(params, is_leaf=_is_param_leaf)
+    flags = _leaf_flags(quantize_mask, params, treedef, quantizing)
+    mu, nu = [None] * len(leaves), [None] * len(leaves)
+    full = [i for i, (p, q) in enumerate(zip(leaves, flags)) if not q]
+    for i, (p, q) in enumerate(zip(leaves, flags)):
+      if q:
+        mu[i], nu[i] = (init_moment(p, f) for f in formats)
+    fp_state = full_precision.init([leaves[i] for i in full])
+    for i, m, v in zip(full, fp_state.mu, fp_state.nu):
+      mu[i], nu[i] = m, v
+    return ScaleByAdamQuantizedState(
+      jnp.zeros([], jnp.int32), treedef.unflatten(mu), treedef.unflatten(nu)
+    )
 
   def update_leaf(g, mu, nu, hyper, impl):
-    if g is None:
-      return None, mu, nu
-    if group is None:
-      return _unquantized_step(g, mu, nu, hyper, nesterov)
     layout = mf.GroupLayout(tuple(g.shape), group)
     args, codecs, tables = [], [], []
     for m, fmt in zip((mu, nu), formats):
@@ -172,37 +189,76 @@ def scale_by_adam_quantized(
   def update_fn(updates, state, params=None):
     del params
     count_inc = optax.safe_increment(state.count)
-    hyper = qa.adam_hyperparams(b1, b2, eps, eps_root, count_inc)
-    treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
-    leaves = zip(
-      treedef.flatten_up_to(updates),
-      treedef.flatten_up_to(state.mu),
-      treedef.flatten_up_to(state.nu),
+    grads, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+    mu = treedef.flatten_up_to(state.mu)
+    nu = treedef.flatten_up_to(state.nu)
+    out = list(grads)
+    quantized = [
+      i
+      for i, moments in enumerate(zip(mu, nu))
+      if any(isinstance(m, mf.QuantizedMoment) for m in moments)
+    ]
+    if quantized:
+      hyper = qa.adam_hyperparams(b1, b2, eps, eps_root, count_inc)
+      # Resolved when traced: None picks for the backend the update is for
+      # (under pallas_kernels.backend.cuda_lowering, the GPU's choice).
+      impl = resolve()
+      for i in quantized:
+        out[i], mu[i], nu[i] = update_leaf(grads[i], mu[i], nu[i], hyper, impl)
+    full = [
+      i for i, g in enumerate(grads) if g is not None and i not in quantized
+    ]
+    if full:
+      fp_updates, fp_state = full_precision.update(
+        [grads[i] for i in full],
+        optax.ScaleByAdamState(
+          state.count, [mu[i] for i in full], [nu[i] for i in full]
+        ),
+      )
+      for i, u, m, v in zip(full, fp_updates, fp_state.mu, fp_state.nu):
+        out[i], mu[i], nu[i] = u, m, v
+    return treedef.unflatten(out), ScaleByAdamQuantizedState(
+      count_inc, treedef.unflatten(mu), treedef.unflatten(nu)
     )
-    # Resolved when traced: None picks for the backend the update is for
-    # (under pallas_kernels.backend.cuda_lowering, the GPU's choice).
-    impl = resolve()
-    out = [update_leaf(g, m, v, hyper, impl) for g, m, v in leaves]
-    updates, mu, nu = (treedef.unflatten(x) for x in zip(*out))
-    return updates, ScaleByAdamQuantizedState(count_inc, mu, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _unquantized_step(g, mu, nu, hyper, nesterov):
-  """Both formats None: the step on the whole leaf (optax's arithmetic)."""
-  codecs = (mc.PlainCodec(str(mu.dtype)), mc.PlainCodec(str(nu.dtype)))
-  u, ((m,), _), ((v,), _) = qa.step(
-    (g.astype(jnp.float32),),
-    ((mu,), ()),
-    ((nu,), ()),
-    lambda i: hyper[i],
-    codecs=codecs,
-    lookups=(None, None),
-    nesterov=nesterov,
-    separate_products=False,  # contract like optax.scale_by_adam does
-  )
-  return u[0].astype(g.dtype), m, v
+def _is_param_leaf(x) -> bool:
+  return x is None or _sharding.is_array_wrapper(x)
+
+
+def _leaf_flags(mask, params, treedef, quantizing) -> list[bool]:
+  """One bool per parameter leaf: does it get quantized moments? None
+  leaves never do."""
+  values = treedef.flatten_up_to(params)
+  if not quantizing:
+    return [False] * len(values)
+  if mask is None:
+    flags = [True] * len(values)
+  else:
+    tree = mask(params) if callable(mask) else mask
+    try:
+      flags = treedef.flatten_up_to(tree)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+        "quantize_mask must be a tree of bools with the parameters' "
+        f"structure, or a callable returning one; got {tree!r}. Under "
+        "optax.inject_hyperparams a callable is taken for a schedule and "
+        "called with the step count: pass static_args=('quantize_mask',) "
+        "to inject_hyperparams"
+      ) from e
+  out = []
+  for flag, value in zip(flags, values):
+    flag = _sharding.unwrap(flag)
+    if not isinstance(flag, (bool, np.bool_)) and value is not None:
+      raise ValueError(
+        f"quantize_mask must hold Python bools; got {flag!r} (type "
+        f"{type(flag).__name__}). Under optax.inject_hyperparams pass "
+        "static_args=('quantize_mask',)"
+      )
+    out.append(value is not None and bool(flag))
+  return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,3 +79,6 @@ def test_quantize_rejects_bad_format_rounding_and_missing_seed():
     )
   with pytest.raises(ValueError, match="seed has shape"):
     quantize(x, Int8Block(32), rounding="stochastic", seed=1.5)
+  for seed in (2**32 + 5, -1):  # would silently alias seed 5 / 2**32 - 1
+    with pytest.raises(ValueError, match=r"outside \[0, 2\*\*32\)"):
+      quantize(x, Int8Block(32), rounding="stochastic", seed=seed)

@@ -94,3 +94,12 @@ def test_subnormal_inputs_quantize_like_zero():
   """XLA flushes float32 subnormals; the result is exactly zero."""
   qt = quantize(jnp.full((2, 2), 1e-40), Int8Block(32))
   assert bool(jnp.all(qt.dequantize() == 0))
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=IDS)
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
+def test_zero_size_input_quantizes_to_zero_size(fmt, shape):
+  """Every format, per-tensor FP8 included (its absmax over no element is
+  0, the all-zero rule's scale)."""
+  qt = quantize(jnp.zeros(shape), fmt)
+  assert qt.shape == shape and qt.dequantize().shape == shape
