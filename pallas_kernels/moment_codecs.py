@@ -307,17 +307,9 @@ class CodebookCodec:
   sorted codebook), ``x' = codebook[i] A``. An all-zero group keeps A = 0 and
   divides by 1. 4-bit indices are packed two per byte (halves of a group).
   Non-finite elements: the module docstring (the two top indices).
-
-  ``positive_floor`` (second moments): a positive ``x`` whose nearest code
-  is 0 takes the smallest positive code instead. A second moment rounded to
-  zero turns Adam's ``m / (sqrt(v) + eps)`` into a huge step the next time
-  ``m`` outweighs the fresh ``g^2`` (the "zero-point problem", which made
-  8-bit AdamW diverge on heavy-tailed gradients); over-estimating a tiny
-  ``v`` only shrinks that element's step.
   """
 
   bits: int = 8
-  positive_floor: bool = False
   stat_dtypes = ("float32",)
 
   @property
@@ -336,19 +328,18 @@ class CodebookCodec:
     reserved = jnp.minimum(reserved, F32_MAX)  # absmax near float32's max
     scale = jnp.where(flag, reserved, absmax)
     safe = jnp.where(scale > 0, scale, 1.0)[..., None]
-    idx = [self._nearest(p, f, safe, lookup) for p, f in zip(parts, finite)]
+    idx = [
+      jnp.where(
+        jnp.isfinite(p),
+        lookup.nearest(_divide(f, safe)),
+        jnp.where(p == jnp.inf, self.top, self.top - 1),
+      )
+      for p, f in zip(parts, finite)
+    ]
     stat = (jnp.where(flag, -scale, absmax),)
     if self.packed:
       return ((idx[0] | (idx[1] << 4)).astype(jnp.uint8),), stat
     return tuple(i.astype(jnp.uint8) for i in idx), stat
-
-  def _nearest(self, x, finite, scale, lookup):
-    """Indices of ``x`` (``finite``: x with non-finite elements zeroed)."""
-    idx = lookup.nearest(_divide(finite, scale))
-    if self.positive_floor:
-      idx = jnp.where((finite > 0) & (lookup.value(idx) == 0), idx + 1, idx)
-    special = jnp.where(x == jnp.inf, self.top, self.top - 1)
-    return jnp.where(jnp.isfinite(x), idx, special)
 
   def decode(self, codes, stats, lookup):
     if self.packed:

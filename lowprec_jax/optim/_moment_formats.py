@@ -132,8 +132,6 @@ class Codebook(MomentFormat):
 
   ``A = max |x|`` per group, ``i = nearest(x / A)`` in the sorted codebook,
   ``x' = codebook[i] A``; codes are uint8 indices (4-bit: two per byte).
-  Unsigned maps never round a positive value to zero (the smallest positive
-  code instead: ``pallas_kernels.moment_codecs.CodebookCodec``).
 
   Args:
     bits: 8 or 4.
@@ -168,7 +166,7 @@ class Codebook(MomentFormat):
     return _codebooks.dynamic_map(self.bits, self.signed)
 
   def codec(self):
-    return mc.CodebookCodec(self.bits, positive_floor=not self.signed)
+    return mc.CodebookCodec(self.bits)
 
   def tables(self):
     return tuple(jnp.asarray(t) for t in _codebooks.tables(self.values()))
