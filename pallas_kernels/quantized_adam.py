@@ -8,6 +8,7 @@ Contract. A tensor is viewed as groups, rows of ``G`` elements: gradients
     m0, v0 = decode(mu), decode(nu)
     m = (1 - b1) g + b1 m0                  # optax.scale_by_adam, term by term
     v = (1 - b2) g^2 + b2 v0
+    v = max(v, F m^2)                       # Adam's own bound (v_floor_factor)
     m_hat = m / (1 - b1^t)                  # nesterov: b1 m / (1 - b1^(t+1))
     v_hat = v / (1 - b2^t)                  #            + (1 - b1) g / (1 - b1^t)
     update = m_hat / (sqrt(v_hat + eps_root) + eps)
@@ -41,7 +42,12 @@ from pallas_kernels._common import cdiv
 from pallas_kernels.backend import resolve_interpret
 
 HYPER_SIZE = 16  # the hyper-parameter vector, padded to a power of two
-_B1, _1MB1, _B2, _1MB2, _EPS, _EPS_ROOT, _BC1, _BC2, _BC1_NEXT = range(9)
+(_B1, _1MB1, _B2, _1MB2, _EPS, _EPS_ROOT, _BC1, _BC2, _BC1_NEXT, _V_FLOOR) = (
+  range(10)
+)
+# Kept strictly inside Adam's bound, so that it never binds in exact
+# arithmetic (nor, with this margin, in float32).
+V_FLOOR_MARGIN = 0.99
 
 
 # ------------------------------------------------------------- the step ----
@@ -58,8 +64,28 @@ def adam_hyperparams(b1, b2, eps, eps_root, count) -> Array:
   vals = [b1, 1 - b1, b2, 1 - b2, eps, eps_root]
   count_next = jnp.maximum(count, count + 1)  # optax.safe_increment
   vals += [bc(b1, count), bc(b2, count), bc(b1, count_next)]
+  vals += [v_floor_factor(b1, b2)]
   vals += [0.0] * (HYPER_SIZE - len(vals))
   return jnp.stack([jnp.asarray(v, jnp.float32) for v in vals])
+
+
+def v_floor_factor(b1, b2) -> Array:
+  r"""``F`` with ``v >= F m^2`` for Adam's exact moments (0 if none exists).
+
+  From zero moments, ``m_t = (1-b1) \sum_i b1^i g_{t-i}`` and ``v_t = (1-b2)
+  \sum_i b2^i g_{t-i}^2``; Cauchy-Schwarz with weights ``b2^i`` gives
+  ``m_t^2 <= (1-b1)^2 / ((1-b2)(1 - b1^2/b2)) v_t`` when ``b1^2 < b2``, so
+  ``F = V_FLOOR_MARGIN (1-b2)(1 - b1^2/b2) / (1-b1)^2``. Quantized moments
+  can break the bound (a v rounded to zero beside a kept m, the
+  "zero-point problem": ``m / sqrt(v)`` becomes huge); the step restores it.
+  """
+  b1 = jnp.asarray(b1, jnp.float32)
+  b2 = jnp.asarray(b2, jnp.float32)
+  ok = (b1 * b1 < b2) & (b1 < 1)
+  ratio = jnp.where(ok, b1 * b1 / b2, 0.0)
+  one_minus_b1 = jnp.where(ok, 1 - b1, 1.0)
+  factor = (1 - b2) * (1 - ratio) / (one_minus_b1 * one_minus_b1)
+  return jnp.where(ok, V_FLOOR_MARGIN * factor, 0.0)
 
 
 @functools.partial(jax.jit, inline=True)
@@ -98,6 +124,9 @@ def step(g, mu, nu, hyper, *, codecs, lookups, nesterov, separate_products):
   b1, one_minus_b1 = hyper(_B1), hyper(_1MB1)
   m = blend(one_minus_b1, g, b1, m0)
   v = blend(hyper(_1MB2), [gi * gi for gi in g], hyper(_B2), v0)
+  # Adam's invariant v >= F m^2 (v_floor_factor), which exact moments always
+  # satisfy and quantized ones may break.
+  v = tuple(jnp.maximum(vi, hyper(_V_FLOOR) * mi * mi) for vi, mi in zip(v, m))
   if nesterov:
     m_hat = blend(
       b1,
