@@ -10,8 +10,10 @@ from lowprec_jax.optim import (
   Codebook,
   Fp8Dre,
   QuantizedMoment,
+  quantize_moment,
   scale_by_adam_quantized,
 )
+from pallas_kernels import quantized_adam as qa
 from tests.helpers import rng
 from tests.optim.helpers import bits
 
@@ -109,3 +111,48 @@ def test_non_float_parameter_raises_with_shape_and_dtype():
   tx = scale_by_adam_quantized(mu_format=Fp8Dre(), nu_format=Fp8Dre())
   with pytest.raises(ValueError, match=r"shape \(4, 128\) dtype int32"):
     tx.init({"ids": jnp.zeros((4, 128), jnp.int32)})
+
+
+@pytest.mark.parametrize("b1, b2", [(0.9, 0.999), (0.9, 0.95), (0.5, 0.3)])
+def test_v_floor_never_binds_for_exact_moments_and_is_tight(b1, b2):
+  """Adam's exact moments satisfy v >= F m^2 (F = v_floor_factor) for any
+  gradients: random heavy-tailed sequences never come within the margin,
+  and the Cauchy-Schwarz extremal sequence g_{t-i} ~ (b1/b2)^i reaches
+  V_FLOOR_MARGIN of the bound (so F is not loose)."""
+  factor = float(qa.v_floor_factor(b1, b2))
+  gen = rng("floor", b1, b2)
+  g = gen.standard_t(1.5, (64, 300))  # 64 sequences of 300 steps
+  m, v = np.zeros(64), np.zeros(64)
+  for t in range(300):
+    m = b1 * m + (1 - b1) * g[:, t]
+    v = b2 * v + (1 - b2) * g[:, t] ** 2
+    assert np.all(v >= factor * m * m)
+  steps = 200
+  extremal = (b1 / b2) ** np.arange(steps)[::-1]  # oldest first
+  m = (1 - b1) * np.sum(b1 ** np.arange(steps) * extremal[::-1])
+  v = (1 - b2) * np.sum(b2 ** np.arange(steps) * extremal[::-1] ** 2)
+  np.testing.assert_allclose(factor * m * m / v, qa.V_FLOOR_MARGIN, rtol=1e-3)
+  assert float(qa.v_floor_factor(0.9, 0.8)) == 0  # b1^2 >= b2: no bound
+
+
+def test_zero_second_moment_beside_a_kept_first_moment_gives_a_bounded_step():
+  """The zero-point problem: a stored v of 0 (8-bit dynamic map, v far
+  below its group's absmax) next to a large stored m and a tiny new
+  gradient made m / sqrt(v) huge; the floor bounds the step by
+  1 / sqrt(F) (bias corrections aside)."""
+  fmt_m, fmt_v = Codebook(group=256), Codebook(signed=False, group=256)
+  tx = scale_by_adam_quantized(mu_format=fmt_m, nu_format=fmt_v)
+  params = {"w": jnp.zeros((1, 256))}
+  state = tx.init(params)
+  m0 = jnp.ones((1, 256)).at[0, 0].set(1e3)  # one large m sets m's scale
+  v0 = jnp.full((1, 256), 1e-12).at[0, 1].set(1e6)  # v0 rounds to 0 but one
+  state = state._replace(
+    count=jnp.asarray(1000, jnp.int32),
+    mu={"w": quantize_moment(m0, fmt_m)},
+    nu={"w": quantize_moment(v0, fmt_v)},
+  )
+  assert float(state.nu["w"].dequantize()[0, 5]) == 0  # the zero point
+  updates, _ = tx.update({"w": jnp.full((1, 256), 1e-6)}, state)
+  bound = 1 / np.sqrt(float(qa.v_floor_factor(0.9, 0.999)))
+  # bias corrections at t = 1001: 1 - 0.9^t = 1, 1 - 0.999^t = 0.632
+  assert np.max(np.abs(np.asarray(updates["w"]))) <= bound * np.sqrt(0.64)
