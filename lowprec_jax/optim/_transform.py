@@ -148,6 +148,8 @@ def scale_by_adam_quantized(
     return mf.zeros_moment(value.shape, fmt)
 
   def init_fn(params):
+    # A quantized moment replaces an array wrapper (Flax Variable) rather than
+    # sitting inside one, so nnx.Optimizer wraps its codes and stats singly.
     leaves, treedef = jax.tree.flatten(params, is_leaf=_is_param_leaf)
     flags = _leaf_flags(quantize_mask, params, treedef, quantizing)
     mu, nu = [None] * len(leaves), [None] * len(leaves)
@@ -193,11 +195,14 @@ def scale_by_adam_quantized(
     mu = treedef.flatten_up_to(state.mu)
     nu = treedef.flatten_up_to(state.nu)
     out = list(grads)
-    quantized = [
-      i
-      for i, moments in enumerate(zip(mu, nu))
-      if any(isinstance(m, mf.QuantizedMoment) for m in moments)
-    ]
+    quantized, full = [], []
+    for i, (g, *moments) in enumerate(zip(grads, mu, nu)):
+      if g is None:  # no update: the moments stay as they are
+        continue
+      if any(isinstance(m, mf.QuantizedMoment) for m in moments):
+        quantized.append(i)
+      else:
+        full.append(i)
     if quantized:
       hyper = qa.adam_hyperparams(b1, b2, eps, eps_root, count_inc)
       # Resolved when traced: None picks for the backend the update is for
@@ -205,9 +210,6 @@ def scale_by_adam_quantized(
       impl = resolve()
       for i in quantized:
         out[i], mu[i], nu[i] = update_leaf(grads[i], mu[i], nu[i], hyper, impl)
-    full = [
-      i for i, g in enumerate(grads) if g is not None and i not in quantized
-    ]
     if full:
       fp_updates, fp_state = full_precision.update(
         [grads[i] for i in full],
