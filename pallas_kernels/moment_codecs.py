@@ -29,6 +29,17 @@ never use:
   as ``NaN`` (for Adam's update both give NaN: a non-finite first moment
   comes with a non-finite second moment, and ``-inf/inf`` is NaN too).
 
+Huge finite outliers (the Adam step calls :func:`tame_outliers` before
+encoding quantized moments): a second moment above ``OUTLIER_RATIO`` times
+its group's next largest finite one would set the group's scale and flush
+the others (or, with DRE, spend the group's range on it). It *saturates*
+instead: it is stored as that next largest value, and its first moment is
+scaled by the square root of the same factor, so the element keeps its
+``m / sqrt(v)`` and the rest of the group is encoded as if the outlier were
+not there. (This step's update is computed before; only the stored moments
+change. In float32 Adam such an element is frozen for ~``log(ratio) / (1 -
+b2)`` steps by its huge v; saturated, it rejoins its group within a few.)
+
 Everything here is kernel-safe: elementwise math, last-axis reductions,
 bitcasts, integer shifts; no ``round``/``floor`` (a float-to-int cast of a
 positive value floors it), no captured arrays. Codebooks come in as inputs
@@ -49,6 +60,9 @@ from pallas_kernels import numerics
 # Triton may flush denormals, and such moments are irrelevant to an update.
 TINY = float(jnp.finfo(jnp.float32).tiny)
 F32_MAX = float(jnp.finfo(jnp.float32).max)
+# A second moment this many times its group's next largest is an outlier
+# (its g about 256x the rest of its group's), tamed by the Adam step.
+OUTLIER_RATIO = 2.0**16
 # k is kept on a 1/16 grid and below 2**16 (an int32-safe floor).
 K_STEPS = 16
 K16_MAX = 2**20
@@ -162,6 +176,37 @@ def _absmin_nonzero(parts) -> Array:
     jnp.min(jnp.where(p != 0, jnp.abs(p), float("inf")), axis=-1) for p in parts
   ]
   return functools.reduce(jnp.minimum, mins)
+
+
+def tame_outliers(m, v):
+  """``(m, v)`` parts with each group's huge finite outlier saturated.
+
+  With ``top`` the group's largest finite ``v`` and ``below`` the largest
+  finite ``v`` smaller than ``top``: where ``v > OUTLIER_RATIO below`` (so
+  ``v = top``) and ``below >= TINY`` (a smaller one counts as zero, as in
+  the codecs), ``v' = below`` and ``m' = m sqrt(v' /
+  v)``. Every other element, and every group without such an outlier, is
+  returned unchanged (the same bits).
+
+  >>> (m,), (v,) = tame_outliers((jnp.array([[1e14, 1e-4, 2e-4]]),),
+  ...                            (jnp.array([[1e27, 1e-9, 4e-9]]),))
+  >>> print(v, m)  # m / sqrt(v) of the outlier stays 3.16
+  [[4.e-09 1.e-09 4.e-09]] [[0.0002 0.0001 0.0002]]
+  """
+  finite = [jnp.where(jnp.isfinite(p), p, 0.0) for p in v]
+  top = functools.reduce(jnp.maximum, [jnp.max(p, axis=-1) for p in finite])
+  below = functools.reduce(
+    jnp.maximum,
+    [jnp.max(jnp.where(p < top[..., None], p, 0.0), axis=-1) for p in finite],
+  )[..., None]
+  new_m, new_v = [], []
+  for mi, vi, fi in zip(m, v, finite):
+    huge = (fi > OUTLIER_RATIO * below) & (below >= TINY)
+    # sqrt of each side: v' / v alone may underflow (v near float32's max)
+    factor = jnp.sqrt(below) / jnp.sqrt(jnp.where(huge, fi, 1.0))
+    new_m.append(jnp.where(huge, mi * factor, mi))
+    new_v.append(jnp.where(huge, below, vi))
+  return tuple(new_m), tuple(new_v)
 
 
 @dataclasses.dataclass(frozen=True)

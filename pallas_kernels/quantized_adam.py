@@ -13,6 +13,7 @@ Contract. A tensor is viewed as groups, rows of ``G`` elements: gradients
     v_hat = v / (1 - b2^t)                  #            + (1 - b1) g / (1 - b1^t)
     update = m_hat / (sqrt(v_hat + eps_root) + eps)
     m = 0 where v = +inf and m is finite    # a dead element (see step)
+    m, v = tame_outliers(m, v)              # a huge finite v saturates
     mu, nu = encode(m), encode(v)
 
 and the fp32 moments live only inside one block of groups. Groups are
@@ -148,6 +149,9 @@ def step(g, mu, nu, hyper, *, codecs, lookups, nesterov, separate_products):
     jnp.where(keep & (vi == jnp.inf) & jnp.isfinite(mi), 0.0, mi)
     for mi, vi in zip(m, v)
   )
+  # A huge finite outlier would set its group's scale (moment_codecs).
+  if not all(isinstance(c, mc.PlainCodec) for c in (mu_codec, nu_codec)):
+    m, v = mc.tame_outliers(m, v)
   return update, mu_codec.encode(m, mu_lookup), nu_codec.encode(v, nu_lookup)
 
 

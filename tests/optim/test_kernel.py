@@ -45,7 +45,15 @@ def _moment(fmt, rows, group):
 
 
 # (row, column, value) set in the first step's gradient by ``specials``.
-SPECIALS = ((0, 3, np.inf), (1, 5, -np.inf), (2, 7, np.nan), (3, 9, 1e20))
+# 1e15 (g^2 finite) is saturated, alone (row 4) and beside an inf (row 0).
+SPECIALS = (
+  (0, 3, np.inf),
+  (1, 5, -np.inf),
+  (2, 7, np.nan),
+  (3, 9, 1e20),
+  (4, 11, 1e15),
+  (0, 20, 1e15),
+)
 
 
 def _run(
@@ -109,8 +117,9 @@ def test_kernel_matches_reference_bitwise(pair, rows, g_dtype, nesterov):
 
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_kernel_matches_reference_bitwise_on_non_finite_gradients(pair):
-  """inf, -inf, NaN and an overflowing g^2 in the first step's gradient
-  (flagged groups, special codes, dead elements), then an ordinary step:
+  """inf, -inf, NaN, an overflowing g^2 and huge finite ones in the first
+  step's gradient (flagged groups, special codes, dead elements, saturated
+  outliers), then an ordinary step:
   the kernel's updates and states are the reference's, bit for bit."""
   want = _run("xla", PAIRS[pair], 21, 128, jnp.float32, False, specials=True)
   got = _run("pallas", PAIRS[pair], 21, 128, jnp.float32, False, specials=True)

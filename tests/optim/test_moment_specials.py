@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowprec_jax.optim import Fp8Dre, quantize_moment
+from pallas_kernels import moment_codecs as mc
 from tests.optim.test_moment_formats import (
   CODEBOOKS,
   DRE_FORMATS,
@@ -147,3 +148,55 @@ def test_properties_over_shapes_dtypes_and_ranges(case):
   assert np.all(np.abs(decoded) <= absmax * (1 + 2**-7) + 1e-38)
   flagged = np.any(_groups(~finite, fmt.group) > 0, axis=-1)
   np.testing.assert_array_equal(_first_stat(q) < 0, flagged)
+
+
+# ------------------------------------------------------ finite outliers ----
+
+
+@st.composite
+def _outlier_groups(draw):
+  rows, group = draw(st.sampled_from([(1, 32), (3, 128), (2, 256)]))
+  gen = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+  scale = 10.0 ** draw(st.floats(-30, 10))
+  m = gen.standard_normal((rows, group)) * scale
+  v = (m * m + scale * scale * gen.uniform(size=(rows, group))) * 1e-3
+  v[gen.uniform(size=v.shape) < draw(st.floats(0, 0.5))] = 0.0
+  for row in range(rows):  # an outlier 10^0 .. 10^24 above the rest, or none
+    col = gen.integers(group)
+    factor = 10.0 ** draw(st.floats(0, 24))
+    m[row, col] *= np.sqrt(factor)
+    v[row, col] = max(v[row, col], scale * scale * 1e-3) * factor
+  if draw(st.booleans()):  # a non-finite element too
+    v[0, gen.integers(group)] = gen.choice([np.inf, np.nan])
+  with np.errstate(over="ignore"):
+    return m.astype(np.float32), v.astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(_outlier_groups())
+def test_tame_outliers_saturates_only_a_huge_top_element(case):
+  """``mc.tame_outliers`` on the two halves of each group: an element whose
+  v exceeds OUTLIER_RATIO times the group's next largest finite v gets that
+  v, and m scaled to keep m / sqrt(v) (fp32 rounding: < 1e-6 relative);
+  every other element keeps its bits; the result is a fixed point."""
+  m, v = case
+  parts = lambda x: mc.split_parts(jnp.asarray(x))  # noqa: E731
+  tm, tv = (np.concatenate(p, -1) for p in mc.tame_outliers(parts(m), parts(v)))
+  fv = np.where(np.isfinite(v), v, 0)
+  top = fv.max(-1, keepdims=True)
+  below = np.where(fv < top, fv, 0).max(-1, keepdims=True)
+  huge = (fv > mc.OUTLIER_RATIO * below) & (below >= mc.TINY)
+  same = ~huge
+  np.testing.assert_array_equal(
+    tm[same].view(np.uint32), m[same].view(np.uint32)
+  )
+  np.testing.assert_array_equal(
+    tv[same].view(np.uint32), v[same].view(np.uint32)
+  )
+  np.testing.assert_array_equal(tv[huge], np.broadcast_to(below, v.shape)[huge])
+  ratio = m[huge] / np.sqrt(v[huge].astype(np.float64))
+  np.testing.assert_allclose(
+    tm[huge] / np.sqrt(tv[huge].astype(np.float64)), ratio, rtol=1e-6
+  )
+  again = mc.tame_outliers(parts(tm), parts(tv))
+  np.testing.assert_array_equal(np.concatenate(again[1], -1), tv)
