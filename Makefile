@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 DEMO_OUT ?= train/results/demo
 DEMO_STEPS ?= 300
+# Test processes (pytest-xdist; each test file runs whole in one of them).
+# Compiling dominates the suite and is single-threaded, so CI's 2 cores run
+# 2 workers.
+TEST_WORKERS ?= 2
 
 # The offline-compile tier (no GPU; a separate venv with the CUDA plugin and
 # ptxas, about 1.5 GB): make ptxas compiles every shipped Mosaic GPU kernel
@@ -37,7 +41,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest --doctest-modules lowprec_jax pallas_kernels tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile \
+	  --doctest-modules lowprec_jax pallas_kernels tests
 
 demo: setup
 	$(PY) -m train --recipe bf16,jetfire_int8,fp8_current,coat_fp8+adamw_fp8 \
