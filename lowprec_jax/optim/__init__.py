@@ -6,7 +6,8 @@
 * The transform :func:`scale_by_adam_quantized` and its state.
 * Moment formats :class:`Fp8Dre` and :class:`Codebook`, the pytree
   :class:`QuantizedMoment`, :func:`quantize_moment`.
-* Masks (:func:`quantize_mask`, :func:`default_quantize_mask`), shardings
+* Masks (:func:`quantize_mask`, :func:`default_quantize_mask`,
+  :func:`explain_quantize_mask`), shardings
   (:func:`state_partition_specs`, :func:`state_shardings`) and :func:`state_bytes`.
 """
 
@@ -16,6 +17,9 @@ from lowprec_jax.optim._alias import adamw_fp8 as adamw_fp8
 from lowprec_jax.optim._alias import adamw_quantized as adamw_quantized
 from lowprec_jax.optim._masks import (
   default_quantize_mask as default_quantize_mask,
+)
+from lowprec_jax.optim._masks import (
+  explain_quantize_mask as explain_quantize_mask,
 )
 from lowprec_jax.optim._masks import quantize_mask as quantize_mask
 from lowprec_jax.optim._moment_formats import Codebook as Codebook
@@ -47,6 +51,7 @@ __all__ = (
   "adamw_fp8",
   "adamw_quantized",
   "default_quantize_mask",
+  "explain_quantize_mask",
   "moment_nbytes",
   "quantize_mask",
   "quantize_moment",

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -12,6 +13,7 @@ from lowprec_jax.optim import (
   QuantizedMoment,
   adamw_8bit,
   default_quantize_mask,
+  explain_quantize_mask,
   quantize_mask,
 )
 from train.model import GPT, GPTConfig
@@ -94,3 +96,41 @@ def test_fp32_leaves_get_optax_adam_states():
   assert mu["wte/embedding"].dtype == jnp.float32
   assert mu["blocks/0/ln1/bias"].shape == (128,)
   assert isinstance(mu["big/kernel"], QuantizedMoment)
+
+
+def test_default_mask_keeps_every_kind_of_output_head_in_fp32():
+  """Heads named as foreign models name them (Linen lm1b's
+  ``decoder/logitdense``, a ``head`` scope, ``output_proj``) keep fp32
+  states; the GPT's attention and MLP projections ("proj") do not."""
+  kernel = jnp.zeros((128, 1000))
+  params = {
+    "decoder": {"logitdense": {"kernel": kernel}},
+    "head": {"kernel": kernel},
+    "output_proj": {"kernel": kernel},
+    "to_logits": {"kernel": kernel},
+    "blocks": {"attn": {"proj": {"kernel": kernel}}},
+    "multi_head": {"kernel": kernel},  # a word containing "head" is not one
+  }
+  flags = _paths(default_quantize_mask(params))
+  assert {k for k, v in flags.items() if v} == {
+    "blocks/attn/proj/kernel",
+    "multi_head/kernel",
+  }
+
+
+def test_explain_quantize_mask_gives_every_leaf_and_the_reason():
+  table = explain_quantize_mask(PARAMS).splitlines()
+  assert table[0].split() == ["path", "shape", "moments"]
+  rows = {line.split()[0]: line for line in table[1:]}
+  assert set(rows) == set(_paths(PARAMS))
+  assert rows["wte/embedding"].endswith("fp32 (path matches 'wte')")
+  assert rows["small"].endswith("fp32 (1024 elements < min_size 4096)")
+  assert rows["blocks/0/ln1/bias"].endswith("fp32 (ndim 1 < 2)")
+  assert rows["big/kernel"].endswith("quantized")
+  # A tree of bools (or any callable) is shown as the optimizer applies it.
+  tree = jax.tree.map(lambda p: p.ndim == 1, PARAMS)
+  rows = explain_quantize_mask(PARAMS, tree).splitlines()[1:]
+  assert sum(r.endswith("quantized") for r in rows) == 2  # the two ln1 vectors
+  assert sum(r.endswith("fp32 (mask is False)") for r in rows) == 6
+  with pytest.raises(ValueError, match="1 decisions for 8 leaves"):
+    explain_quantize_mask(PARAMS, {"wpe": True})
