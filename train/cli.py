@@ -15,6 +15,7 @@ import shutil
 import sys
 
 from lowprec_jax.ops import RECIPES
+from train import data as data_lib
 from train.init_from import check_init_from
 from train.loop import OPTIMIZERS, TrainConfig, run
 from train.model import GPTConfig
@@ -133,16 +134,32 @@ def configs(args) -> list[TrainConfig]:
   ]
 
 
+def check_data(cfg: TrainConfig) -> None:
+  """ValueError unless ``cfg.data`` loads and both of its splits hold a
+  window of ``seq_len + 1`` tokens (the runs share data, seq_len and eval
+  batches)."""
+  corpus = data_lib.load_corpus(cfg.data)
+  for split, tokens in (("training", corpus.train), ("validation", corpus.val)):
+    if tokens.size <= cfg.model.seq_len + 1:
+      raise ValueError(
+        f"--data {corpus.name!r}: its {split} split has {tokens.size} tokens, "
+        f"fewer than one window of --seq-len {cfg.model.seq_len} + 1"
+      )
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parser().parse_args(argv)
-  try:
+  out = pathlib.Path(args.out)
+  try:  # every check before anything is written
     cfgs = configs(args)
     for cfg in cfgs:
       check_init_from(cfg.init_from, cfg.to_json()["model"])
+    if out.exists() and not out.is_dir():
+      raise ValueError(f"--out {args.out!r} is a file, not a directory")
+    check_data(cfgs[0])
   except ValueError as e:
     parser().error(str(e))
-  out = pathlib.Path(args.out)
   info = provenance(command=shlex.join(["python", "-m", "train", *argv]))
   summaries = []
   for cfg in cfgs:

@@ -32,12 +32,16 @@ def _text_files(root: pathlib.Path, suffixes) -> list[pathlib.Path]:
   return [p for p in files if "__pycache__" not in p.parts]
 
 
-def _read(files, max_bytes: int) -> bytes:
+def _read(files, max_bytes: int, *, explicit: bool) -> bytes:
+  """The files' bytes, up to ``max_bytes``; binary files (a NUL byte in the
+  first 4 KiB) are skipped in a folder and refused when named (``explicit``)."""
   chunks, total = [], 0
   for path in files:
     data = path.read_bytes()
     if b"\0" in data[:4096]:
-      continue  # binary file
+      if explicit:
+        raise ValueError(f"--data {str(path)!r} is a binary file, not text")
+      continue
     chunks.append(data)
     total += len(data)
     if total >= max_bytes:
@@ -80,7 +84,11 @@ def load_corpus(
     root, suffixes, name = pathlib.Path(path), None, str(path)
     if not root.exists():
       raise ValueError(f"--data {path!r} does not exist")
-  data = _read(_text_files(root, suffixes), max_bytes)
+  data = _read(
+    _text_files(root, suffixes),
+    max_bytes,
+    explicit=path is not None and root.is_file(),
+  )
   if len(data) < min_tokens:
     raise ValueError(
       f"--data {name!r} holds {len(data)} bytes of text; need at least "

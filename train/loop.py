@@ -67,6 +67,11 @@ class TrainConfig:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.ckpt_every < 1:
       raise ValueError(f"ckpt_every must be >= 1, got {self.ckpt_every}")
+    if not 0 <= self.warmup < self.steps:
+      raise ValueError(
+        f"warmup must be in [0, steps); got warmup {self.warmup} with steps "
+        f"{self.steps} (the learning rate would never reach lr {self.lr})"
+      )
 
   @property
   def name(self) -> str:
@@ -202,6 +207,7 @@ def run(
   if start:
     _check_resumable(run_dir, cfg)
     state = checkpoints.restore(start, state)
+    print(f"{cfg.name}: resumed from step {start} ({run_dir})")
   else:
     if cfg.init_from is not None:
       state = load_params(

@@ -118,7 +118,7 @@ COLUMNS = (
   "run",
   "steps",
   "final eval loss",
-  "final train loss",
+  "train loss (mean of last 10% of steps)",
   "vs bf16",
   "tokens/s",
   "optimizer state B/param",

@@ -79,7 +79,7 @@ def test_resume_refuses_a_different_config(tmp_path):
   "recipe, optimizer", [("jetfire_int8", "adamw"), ("coat_fp8", "adamw_fp8")]
 )
 def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
-  tmp_path, recipe, optimizer
+  tmp_path, capsys, recipe, optimizer
 ):
   """The step-8 save never completed: only a partial temporary directory is
   left. The restart must restore step 4 (FP8 optimizer states included),
@@ -94,7 +94,9 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(
   partial = ckpt / "8.orbax-checkpoint-tmp"
   partial.mkdir()
   (partial / "half_written").write_bytes(b"\0" * 100)
+  capsys.readouterr()
   run(cfg, tmp_path, provenance={}, progress=False)
+  assert f"{cfg.name}: resumed from step 4" in capsys.readouterr().out
 
   def untimed(records):
     return [
@@ -113,6 +115,51 @@ def test_cli_rejects_bad_arguments(capsys):
   with pytest.raises(SystemExit):
     main(["--recipe", "bf16+sgd", "--out", "/nonexistent"])
   assert "optimizer must be one of" in capsys.readouterr().err
+
+
+def _cli_error(argv, capsys) -> str:
+  with pytest.raises(SystemExit) as e:
+    main(argv)
+  assert e.value.code == 2
+  return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_refuses_bad_data_and_settings_before_writing_anything(
+  tmp_path, capsys
+):
+  """Each mistake is one error line (argparse's, exit code 2) and the
+  output directory is never created."""
+  out = tmp_path / "out"
+  base = ["--recipe", "bf16", "--out", str(out), "--steps", "20"]
+  base += ["--warmup", "2"]
+  short = tmp_path / "short.txt"  # 5000 bytes: a 250-token validation split
+  short.write_text("abcd" * 1250)
+  binary = tmp_path / "blob.bin"
+  binary.write_bytes(b"\0\1" * 4096)
+  empty = tmp_path / "empty.txt"
+  empty.write_text("")
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  cases = {
+    "does not exist": ["--data", str(tmp_path / "missing")],
+    "is a binary file, not text": ["--data", str(binary)],
+    "holds 0 bytes of text": ["--data", str(empty)],
+    "validation split has 250 tokens, fewer than one window of --seq-len 512": [
+      "--data",
+      str(short),
+      "--seq-len",
+      "512",
+    ],
+    "warmup must be in [0, steps); got warmup 30 with steps 20": [
+      "--warmup",
+      "30",
+    ],
+  }
+  for message, extra in cases.items():
+    assert message in _cli_error(base + extra, capsys)
+    assert not out.exists()
+  argv = ["--recipe", "bf16", "--out", str(a_file), "--warmup", "2"]
+  assert "is a file, not a directory" in _cli_error(argv, capsys)
 
 
 def _cmd(out):
