@@ -110,7 +110,17 @@ class QuantDotGeneral(nnx.Module):
           f"config {self.config.name!r} rounds stochastically; pass "
           "rngs=nnx.Rngs(quant=...) to seed it"
         )
-      base = jax.random.bits(rngs.quant(), (), jnp.uint32)
+      try:
+        key = rngs.quant()
+      except AttributeError as e:  # flax: "No RngStream named 'quant'"
+        raise ValueError(
+          f"config {self.config.name!r}"
+          + (f" at {path!r}" if path else "")
+          + " rounds stochastically and needs an RNG stream named 'quant' "
+          "(or 'default'); the given rngs has neither: pass "
+          "nnx.Rngs(params=..., quant=...)"
+        ) from e
+      base = jax.random.bits(key, (), jnp.uint32)
       self.state = QuantState(jnp.stack([base, jnp.zeros((), jnp.uint32)]))
     self.hadamard: HadamardState | None = nnx.data(None)
     self.lsq_init: LsqInit | None = nnx.data(None)

@@ -86,6 +86,11 @@ def test_stochastic_config_without_rngs_raises():
   with pytest.raises(ValueError, match=r"pass rngs=nnx.Rngs\(quant=...\)"):
     QuantDotGeneral("jetfire_int8")
   assert QuantDotGeneral("fp8_current").state is None
+  # An Rngs without a 'quant' (or 'default') stream: our error, with the path.
+  with pytest.raises(ValueError, match=r"at 'mlp/up' rounds stochastically.*"
+                     r"nnx.Rngs\(params=..., quant=...\)"):  # fmt: skip
+    QuantDotGeneral("jetfire_int8", rngs=nnx.Rngs(params=0), path="mlp/up")
+  assert QuantDotGeneral("jetfire_int8", rngs=nnx.Rngs(0)).state is not None
 
 
 def test_remat_recomputes_the_same_noise():
