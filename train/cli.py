@@ -61,6 +61,19 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--layers", type=int, default=m.n_layers)
   p.add_argument("--heads", type=int, default=m.n_heads)
   p.add_argument(
+    "--arch",
+    default=m.arch,
+    choices=["gpt", "llama"],
+    help="gpt: LayerNorm, GELU, learned positions; llama: RMSNorm, SwiGLU, "
+    "RoPE, optional grouped-query attention (train/llama.py)",
+  )
+  p.add_argument(
+    "--kv-heads",
+    type=int,
+    default=None,
+    help="key/value heads of --arch llama (default: --heads)",
+  )
+  p.add_argument(
     "--dtype",
     default=m.dtype,
     choices=["bfloat16", "float32"],
@@ -111,6 +124,8 @@ def configs(args) -> list[TrainConfig]:
     n_layers=args.layers,
     n_heads=args.heads,
     dtype=args.dtype,
+    arch=args.arch,
+    n_kv_heads=args.kv_heads,
   )
   return [
     TrainConfig(

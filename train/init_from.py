@@ -8,12 +8,14 @@ learned LSQ steps) keep their initial values; per-layer quantization state
 (seeds, the Hadamard block) is the new run's own.
 """
 
+import dataclasses
 import json
 import pathlib
 
 from flax import nnx
 
 from train.checkpoint import Checkpoints
+from train.model import GPTConfig
 
 
 def _source(init_from: str) -> tuple[pathlib.Path, dict]:
@@ -32,7 +34,8 @@ def check_init_from(init_from: str | None, model_json: dict) -> None:
   if init_from is None:
     return
   run_dir, saved = _source(init_from)
-  if saved["model"] != model_json:
+  # Through GPTConfig, so fields added since it was saved are at defaults.
+  if dataclasses.asdict(GPTConfig(**saved["model"])) != model_json:
     raise ValueError(
       f"--init-from {init_from!r} trained model {saved['model']}, this run "
       f"is {model_json}"

@@ -24,7 +24,13 @@ from lowprec_jax.ops import census, get_recipe
 from train import data as data_lib
 from train.checkpoint import Checkpoints
 from train.init_from import load_params
-from train.model import GPT, GPTConfig, loss_fn, quantize_gpt
+from train.model import (
+  SAVED_ACTIVATIONS,
+  GPTConfig,
+  loss_fn,
+  make_model,
+  quantize_gpt,
+)
 
 # optax.adamw and its quantized-state twins share a signature.
 OPTIMIZERS = {
@@ -57,7 +63,13 @@ class TrainConfig:
   init_from: str | None = None  # a run directory (train/init_from.py)
 
   def __post_init__(self):
-    get_recipe(self.recipe)
+    name = get_recipe(self.recipe).name
+    if name in SAVED_ACTIVATIONS and self.model.arch != "gpt":
+      raise ValueError(
+        f"recipe {name!r} needs arch 'gpt': its FP8 saving of norm and "
+        f"activation inputs is not implemented for arch {self.model.arch!r} "
+        "yet (RMSNorm, SiLU, the SwiGLU multiply)"
+      )
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(
         f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}"
@@ -113,7 +125,7 @@ def make_optimizer(cfg: TrainConfig):
 def build(cfg: TrainConfig):
   """Returns (graphdef, state, schedule) of the model and its optimizer."""
   rngs = nnx.Rngs(params=cfg.seed, quant=cfg.seed + 1)
-  model = GPT(cfg.model, rngs=rngs)
+  model = make_model(cfg.model, rngs=rngs)
   quantize_gpt(model, cfg.recipe, rngs=rngs, implementation=cfg.implementation)
   tx, schedule = make_optimizer(cfg)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -173,7 +185,10 @@ class _Metrics:
 
 
 def _check_resumable(run_dir: pathlib.Path, cfg: TrainConfig) -> None:
+  # Through from_json, so fields added since the run was saved compare at
+  # their defaults.
   saved = json.loads((run_dir / "config.json").read_text())
+  saved = TrainConfig.from_json(saved).to_json()
   if saved != cfg.to_json():
     diff = {
       k: (saved.get(k), v)

@@ -34,6 +34,7 @@ from lowprec_jax.ops import (
 from train.attention import causal_attention
 
 BLOCK_LINEARS = r"blocks/\d+/(attn/(qkv|proj)|mlp/(fc|proj))"
+ARCHS = ("gpt", "llama")
 # Recipes whose norms and activations save a quantized input (the rest: none).
 SAVED_ACTIVATIONS: dict[str, QuantFormat] = {"coat_fp8": COAT_SAVED_ACTIVATIONS}
 
@@ -49,12 +50,35 @@ class GPTConfig:
   n_heads: int = 4
   mlp_ratio: int = 4
   dtype: str = "bfloat16"
+  arch: str = "gpt"  # or "llama" (train/llama.py)
+  n_kv_heads: int | None = None  # llama: key/value heads (None: n_heads)
 
   def __post_init__(self):
+    if self.arch not in ARCHS:
+      raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
     if self.d_model % self.n_heads:
       raise ValueError(
         f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
       )
+    if self.n_kv_heads is not None:
+      if self.arch != "llama":
+        raise ValueError(
+          f"n_kv_heads={self.n_kv_heads}: grouped-query attention needs "
+          "arch='llama'"
+        )
+      if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+        raise ValueError(
+          f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}"
+        )
+    if self.arch == "llama" and (self.d_model // self.n_heads) % 2:
+      raise ValueError(
+        f"head dimension {self.d_model // self.n_heads} must be even for "
+        "rotary embeddings (arch='llama')"
+      )
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
 
 def _linear(cfg: GPTConfig, d_in: int, d_out: int, rngs, *, residual=False):
@@ -146,22 +170,42 @@ class GPT(nnx.Module):
     return logits.reshape(b, t, -1).astype(jnp.float32)
 
 
+def make_model(cfg: GPTConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+  """The model of ``cfg.arch``: :class:`GPT` or :class:`train.llama.Llama`."""
+  if cfg.arch == "llama":
+    from train.llama import Llama  # llama builds on this module
+
+    return Llama(cfg, rngs=rngs)
+  return GPT(cfg, rngs=rngs)
+
+
 def quantize_gpt(
-  model: GPT,
+  model: nnx.Module,
   recipe: DotQuantConfig | str,
   *,
   rngs: nnx.Rngs,
   implementation: str | None = None,
-) -> GPT:
-  """Applies ``recipe`` to every block Linear (no-op for ``bf16``), and for
-  recipes in ``SAVED_ACTIVATIONS`` to the blocks' LayerNorms and GELU."""
+) -> nnx.Module:
+  """Applies ``recipe`` to every block Linear of a GPT or a Llama (no-op for
+  ``bf16``), and for recipes in ``SAVED_ACTIVATIONS`` to the GPT blocks'
+  LayerNorms and GELU (a Llama's RMSNorm, SiLU and multiply have no such
+  saving version yet: those recipes raise)."""
   config = get_recipe(recipe)
+  saved = SAVED_ACTIVATIONS.get(config.name)
+  if saved is not None and model.cfg.arch != "gpt":
+    raise ValueError(
+      f"recipe {config.name!r} also saves norm and activation inputs in "
+      f"{saved.name}; for arch {model.cfg.arch!r} (RMSNorm, SiLU, the SwiGLU "
+      "multiply) those ops are not implemented yet: use arch 'gpt' or a "
+      "GEMM-only recipe"
+    )
   if config.quantized:
     rule = QuantRule(
       path=BLOCK_LINEARS, config=config, implementation=implementation
     )
     quantize_model(model, [rule, QuantRule(path=".*", config=None)], rngs=rngs)
-  saved = SAVED_ACTIVATIONS.get(config.name)
+  if saved is None:
+    return model
   for block in model.blocks:
     block.ln1.saved = block.ln2.saved = block.mlp.saved = saved
   return model

@@ -29,9 +29,9 @@ MODEL = GPTConfig(seq_len=64, d_model=128, n_layers=1, n_heads=2)
 QUANTIZED_GEMMS = 12  # 4 block Linears x (fwd, dlhs, drhs)
 
 
-def _lowered_step(recipe: str, optimizer: str):
+def _lowered_step(recipe: str, optimizer: str, model: GPTConfig = MODEL):
   cfg = loop.TrainConfig(
-    recipe=recipe, optimizer=optimizer, model=MODEL, batch_size=2
+    recipe=recipe, optimizer=optimizer, model=model, batch_size=2
   )
   graphdef, state, _ = loop.build(cfg)
   train_step, _ = loop.make_steps(graphdef)
@@ -69,6 +69,19 @@ def test_train_step_lowers_for_cuda_with_gpu_kernels(recipe, optimizer):
   assert not [c for c in calls if "callback" in c], calls
   if optimizer != "adamw":
     assert calls["__gpu$xla.gpu.triton"] >= 1, calls
+
+
+def test_llama_train_step_lowers_for_cuda_with_gpu_kernels():
+  """--arch llama with grouped-query attention (2 query heads, 1 kv head)."""
+  llama = GPTConfig(**{**MODEL.__dict__, "arch": "llama", "n_kv_heads": 1})
+  calls, gemms = _lowered_step("jetfire_int8", "adamw_8bit", llama)
+  assert gemms.total(quantized=True) == QUANTIZED_GEMMS, gemms
+  assert {r.implementation for r in gemms.records if r.quantized} == {
+    "mosaic"
+  }, gemms
+  assert calls["mosaic_gpu_v2"] >= QUANTIZED_GEMMS, calls
+  assert calls["__gpu$xla.gpu.triton"] >= 1, calls
+  assert not [c for c in calls if "callback" in c], calls
 
 
 @pytest.mark.parametrize("recipe", ["int4_hq", "int4_hq_b32"])
