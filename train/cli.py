@@ -20,12 +20,7 @@ from train.init_from import check_init_from
 from train.loop import OPTIMIZERS, TrainConfig, run
 from train.model import GPTConfig
 from train.provenance import provenance
-from train.report import (
-  comparison_rows,
-  plot_runs,
-  print_table,
-  write_comparison,
-)
+from train.report import plot_runs, print_table, write_comparison
 
 
 def parser() -> argparse.ArgumentParser:
@@ -186,10 +181,10 @@ def main(argv=None) -> int:
     summaries.append(summary)
     print(f"GEMMs per training step ({cfg.name}):")
     print("\n".join(summary["gemms"]["summary"]))
+  rows = write_comparison(out, summaries, info)
   if len(summaries) > 1:
-    rows = write_comparison(out, summaries, info)
     print_table(rows, f"{len(rows)} runs, {cfgs[0].steps} steps each")
-    print(f"comparison: {out / 'comparison.png'}, {out / 'summary.md'}")
   else:
-    print_table(comparison_rows(summaries), cfgs[0].name)
+    print_table(rows, cfgs[0].name)
+  print(f"summary: {out / 'summary.md'}, plot: {out / 'comparison.png'}")
   return 0

@@ -5,6 +5,7 @@
 """
 
 import json
+import math
 import pathlib
 import sys
 
@@ -38,6 +39,7 @@ def plot_runs(
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   records = {name: read_metrics(d) for name, d in runs.items()}
   compare = baseline in records and len(records) > 1
@@ -59,7 +61,11 @@ def plot_runs(
   low = min(
     min(r["loss"] for r in recs[len(recs) // 4 :]) for recs in records.values()
   )
-  ax.set_ylim(bottom=low * 0.9, top=low * 2.2)
+  top = max(
+    max(r["loss"] for r in recs[len(recs) // 10 :]) for recs in records.values()
+  )
+  ax.set_ylim(bottom=low * 0.97, top=min(top, low * 2.2) * 1.03)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("step")
   ax.set_ylabel("cross-entropy (nats / byte)")
   ax.set_title(title)
@@ -77,6 +83,7 @@ def plot_runs(
       if n >= 4:
         span = max(span, float(np.ceil(np.abs(rel[n // 4 :]).max())) + 1)
     axes[1].axhline(0, color="C0", linewidth=1, label=baseline)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xlabel("step")
     axes[1].set_ylabel(f"EMA train loss vs {baseline} (%)")
     axes[1].set_ylim(-span, span)
@@ -101,6 +108,8 @@ def comparison_rows(summaries: list[dict], baseline: str = "bf16"):
         "run": s["run"],
         "steps": s["steps"],
         "final_eval_loss": s["final_eval_loss"],
+        # nats per byte-level token -> bits per byte
+        "final_eval_bits_per_byte": s["final_eval_loss"] / math.log(2),
         "final_train_loss": s["final_train_loss"],
         "delta_vs_bf16_pct": delta,
         "tokens_per_s": s["median_tokens_per_s"],
@@ -118,6 +127,7 @@ COLUMNS = (
   "run",
   "steps",
   "final eval loss",
+  "eval bits/byte",
   "train loss (mean of last 10% of steps)",
   "vs bf16",
   "tokens/s",
@@ -133,6 +143,7 @@ def _cells(r: dict) -> tuple[str, ...]:
     r["run"],
     str(r["steps"]),
     f"{r['final_eval_loss']:.4f}",
+    f"{r['final_eval_bits_per_byte']:.4f}",
     f"{r['final_train_loss']:.4f}",
     "-" if delta is None else f"{delta:+.2f}%",
     "-" if tps is None else f"{tps:.0f}",
@@ -165,7 +176,12 @@ def print_table(rows: list[dict], title: str) -> None:
 def write_comparison(
   out_dir: pathlib.Path, summaries: list[dict], provenance: dict
 ) -> list[dict]:
-  """comparison.png, summary.json and summary.md for several runs."""
+  """comparison.png, summary.json and summary.md for one or several runs,
+  and each run's GEMM census as ``<run>/census.txt``."""
+  for s in summaries:
+    (out_dir / s["run"] / "census.txt").write_text(
+      "\n".join(s["gemms"]["table"]) + "\n"
+    )
   rows = comparison_rows(summaries)
   runs = {s["run"]: out_dir / s["run"] for s in summaries}
   plot_runs(runs, out_dir / "comparison.png", "lowprec_jax GPT: loss by run")
