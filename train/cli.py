@@ -144,19 +144,6 @@ def configs(args) -> list[TrainConfig]:
   ]
 
 
-def check_data(cfg: TrainConfig) -> None:
-  """ValueError unless ``cfg.data`` loads and both of its splits hold a
-  window of ``seq_len + 1`` tokens (the runs share data, seq_len and eval
-  batches)."""
-  corpus = data_lib.load_corpus(cfg.data)
-  for split, tokens in (("training", corpus.train), ("validation", corpus.val)):
-    if tokens.size <= cfg.model.seq_len + 1:
-      raise ValueError(
-        f"--data {corpus.name!r}: its {split} split has {tokens.size} tokens, "
-        f"fewer than one window of --seq-len {cfg.model.seq_len} + 1"
-      )
-
-
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parser().parse_args(argv)
@@ -167,7 +154,10 @@ def main(argv=None) -> int:
       check_init_from(cfg.init_from, cfg.to_json()["model"])
     if out.exists() and not out.is_dir():
       raise ValueError(f"--out {args.out!r} is a file, not a directory")
-    check_data(cfgs[0])
+    # the runs share data and seq_len
+    data_lib.check_windows(
+      data_lib.load_corpus(cfgs[0].data), cfgs[0].model.seq_len
+    )
   except ValueError as e:
     parser().error(str(e))
   info = provenance(command=shlex.join(["python", "-m", "train", *argv]))

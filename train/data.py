@@ -99,6 +99,17 @@ def load_corpus(
   return Corpus(name, tokens[:split], tokens[split:])
 
 
+def check_windows(corpus: Corpus, seq_len: int) -> None:
+  """ValueError unless both splits hold a window of ``seq_len + 1`` tokens
+  (what :func:`train_batch` and :func:`eval_batches` draw)."""
+  for split, tokens in (("training", corpus.train), ("validation", corpus.val)):
+    if tokens.size <= seq_len + 1:
+      raise ValueError(
+        f"--data {corpus.name!r}: its {split} split has {tokens.size} tokens, "
+        f"fewer than one window of --seq-len {seq_len} + 1"
+      )
+
+
 def train_batch(
   corpus: Corpus, *, seed: int, step: int, batch_size: int, seq_len: int
 ) -> np.ndarray:
@@ -114,13 +125,9 @@ def eval_batches(
   corpus: Corpus, *, num_batches: int, batch_size: int, seq_len: int
 ) -> list[np.ndarray]:
   """Fixed, evenly spaced validation windows (the same for every run)."""
+  check_windows(corpus, seq_len)
   count = num_batches * batch_size
   span = corpus.val.size - seq_len - 1
-  if span <= 0:
-    raise ValueError(
-      f"validation split has {corpus.val.size} tokens; need more than "
-      f"{seq_len + 1}"
-    )
   starts = np.linspace(0, span, count).astype(np.int64)
   windows = np.stack([corpus.val[s : s + seq_len + 1] for s in starts])
   windows = windows.astype(np.int32)
