@@ -8,13 +8,24 @@ For K-major operands ``a`` (B, M, K) and ``b`` (B, N, K), each program owns a
     scales constant along K (per-tensor, per-row):
         acc += a_c . b_c,     out = acc * (sa[m] * sb[n])
 
-with the exact int32 (INT8) or f32 (FP8) chunk dot, f32 accumulation, and
+with the exact int32 (INT8) or f32 (FP8) chunk dot, f32 accumulation (int32
+for integer operands whose scales are constant along K), and
 the same association as :func:`pallas_kernels.matmul_reference.scaled_matmul`
 (the ``"xla"`` GEMM and the kernels' twin) so that results agree bit for bit
 wherever that dot is exact. Loads are masked
 (K tail, M and N edges), so padding never enters a sum. The epilogue casts
 to ``out_dtype`` or requantizes the f32 tile to INT8 ``out_block`` squares,
 exactly as the quantize kernels would quantize the (B, M, N) result.
+
+Operands of the INT4 GEMMs (:mod:`pallas_kernels.int4_matmul`) may also be
+
+* **packed**: INT4 codes two per byte along the stored last axis
+  (:mod:`pallas_kernels.int4`), unpacked to int8 in registers after the
+  load (:func:`pallas_kernels.int4.unpack_pairs`);
+* **transposed**: stored contraction-major, (B, K, M) for ``a`` and
+  (B, K, N) for ``b`` with S x S block or per-tensor scales, so that a
+  backward GEMM reads the forward's saved operand as it is (the dot
+  contracts the tile's first axis instead of transposing in memory).
 """
 
 import dataclasses
@@ -23,11 +34,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array, lax
+from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _layout as L
 from pallas_kernels._common import cdiv
+from pallas_kernels.int4 import unpack_pairs
 from pallas_kernels.numerics import (
   F32_MAX,
   NumberGrid,
@@ -39,7 +51,6 @@ from pallas_kernels.tiles import TileKind
 # Scales of these kinds change every ``chunk`` = G columns of K (1 x G groups,
 # G x G blocks); TENSOR and ROWS scales are constant along K.
 _PER_CHUNK = (TileKind.ROW_GROUPS, TileKind.BLOCKS)
-_NT = (((1,), (1,)), ((), ()))
 
 
 def warps_for(block_m: int, block_n: int, minimum: int) -> int:
@@ -65,11 +76,33 @@ class MatmulPlan:
   stochastic: bool = False
   num_warps: int = 4
   num_stages: int = 2
+  a_packed: bool = False
+  b_packed: bool = False
+  a_transposed: bool = False
+  b_transposed: bool = False
+
+  def __post_init__(self):
+    for side in ("a", "b"):
+      transposed = getattr(self, f"{side}_transposed")
+      kind = getattr(self, f"{side}_scales")
+      if transposed and kind not in (TileKind.TENSOR, TileKind.BLOCKS):
+        raise ValueError(
+          f"a transposed operand {side} needs per-tensor or S x S block "
+          f"scales, got {kind}"
+        )
+    if (self.a_packed or self.b_packed) and self.chunk % 2:
+      raise ValueError(f"packed operands need an even chunk, got {self.chunk}")
 
   @property
   def per_chunk(self) -> bool:
     """True when the scales change along K (rescale every chunk)."""
     return self.a_scales in _PER_CHUNK or self.b_scales in _PER_CHUNK
+
+  @property
+  def integer_accumulator(self) -> bool:
+    """True when the whole K loop may sum in int32 (exact): integer codes
+    whose scales are constant along K."""
+    return self.accumulator == np.dtype(np.int32) and not self.per_chunk
 
   @property
   def chunks(self) -> int:
@@ -81,19 +114,31 @@ class MatmulPlan:
     return b, cdiv(m, self.block_m), cdiv(n, self.block_n)
 
 
-def _operand_spec(rows: int, k_extent: int, axis: int) -> pl.BlockSpec:
-  index = (
-    (lambda b, i, j: (b, i, 0)) if axis == 1 else (lambda b, i, j: (b, j, 0))
+def _operand_spec(
+  rows: int, k_extent: int, axis: int, packed: bool, transposed: bool
+) -> pl.BlockSpec:
+  """The whole K extent of this program's ``rows`` (``axis``: 1 for a's
+  rows, 2 for b's), stored K-major or contraction-major, packed or not."""
+  out_index = (lambda i, j: i) if axis == 1 else (lambda i, j: j)
+  width = rows // 2 if packed and transposed else rows
+  if transposed:
+    return pl.BlockSpec(
+      (None, k_extent, width), lambda b, i, j: (b, 0, out_index(i, j))
+    )
+  extent = k_extent // 2 if packed else k_extent
+  return pl.BlockSpec(
+    (None, rows, extent), lambda b, i, j: (b, out_index(i, j), 0)
   )
-  return pl.BlockSpec((None, rows, k_extent), index)
 
 
-def _scale_spec(kind: TileKind, rows: int, chunk: int, n_cols: int, axis: int):
+def _scale_spec(kind, rows, chunk, n_cols, axis, transposed: bool):
   if kind is TileKind.TENSOR:
     return pl.BlockSpec((None, 1, 1), lambda b, i, j: (0, 0, 0))
   block_rows = rows // chunk if kind is TileKind.BLOCKS else rows
   cols = 1 if kind is TileKind.ROWS else n_cols
-  return _operand_spec(block_rows, cols, axis)
+  if transposed:  # (B, K blocks, row blocks)
+    return _operand_spec(block_rows, cols, axis, False, True)
+  return _operand_spec(block_rows, cols, axis, False, False)
 
 
 def in_specs(plan: MatmulPlan) -> list[pl.BlockSpec]:
@@ -101,14 +146,18 @@ def in_specs(plan: MatmulPlan) -> list[pl.BlockSpec]:
   k_extent = plan.chunks * plan.chunk
   n_cols = plan.chunks
   return [
-    _operand_spec(plan.block_m, k_extent, 1),
-    _scale_spec(plan.a_scales, plan.block_m, plan.chunk, n_cols, 1),
-    _operand_spec(plan.block_n, k_extent, 2),
-    _scale_spec(plan.b_scales, plan.block_n, plan.chunk, n_cols, 2),
+    _operand_spec(plan.block_m, k_extent, 1, plan.a_packed, plan.a_transposed),
+    _scale_spec(
+      plan.a_scales, plan.block_m, plan.chunk, n_cols, 1, plan.a_transposed
+    ),
+    _operand_spec(plan.block_n, k_extent, 2, plan.b_packed, plan.b_transposed),
+    _scale_spec(
+      plan.b_scales, plan.block_n, plan.chunk, n_cols, 2, plan.b_transposed
+    ),
   ]
 
 
-def _row_scales(ref, kind, c, program, rows, total, group) -> Array:
+def _row_scales(ref, kind, c, program, rows, total, group, transposed):
   """This program's scales for K chunk ``c``: (rows, 1), or (1, 1) per-tensor.
 
   Per-row scales ignore ``c``; S x S block scales are repeated S times.
@@ -117,13 +166,37 @@ def _row_scales(ref, kind, c, program, rows, total, group) -> Array:
     return ref[...]
   if kind is TileKind.BLOCKS:
     count = rows // group
-    index = program * count + lax.broadcasted_iota(jnp.int32, (count, 1), 0)
-    mask = index < cdiv(total, group)
-    values = L.load(ref.at[:, pl.ds(c, 1)], mask)
+    if transposed:
+      index = program * count + lax.broadcasted_iota(jnp.int32, (1, count), 1)
+      values = L.load(ref.at[pl.ds(c, 1), :], index < cdiv(total, group))
+      values = values.reshape(count, 1)
+    else:
+      index = program * count + lax.broadcasted_iota(jnp.int32, (count, 1), 0)
+      values = L.load(ref.at[:, pl.ds(c, 1)], index < cdiv(total, group))
     return L.expand_rows(values, group)
   index = program * rows + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
   sliced = ref if kind is TileKind.ROWS else ref.at[:, pl.ds(c, 1)]
   return L.load(sliced, index < total)
+
+
+def _load_chunk(ref, c, program, rows, total, k, chunk, packed, transposed):
+  """Chunk ``c`` of this program's operand as int8/FP8 codes: (rows, chunk),
+  or (chunk, rows) when the operand is stored contraction-major."""
+  k0 = c * chunk
+  width = rows // 2 if packed else rows
+  extent = total // 2 if packed else total
+  if transposed:
+    along = program * width + lax.broadcasted_iota(jnp.int32, (1, width), 1)
+    k_ok = k0 + lax.broadcasted_iota(jnp.int32, (chunk, 1), 0) < k
+    v = L.load(ref.at[pl.ds(k0, chunk), :], k_ok & (along < extent))
+  else:
+    row = program * rows + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
+    span = chunk // 2 if packed else chunk
+    start = k0 // 2 if packed else k0
+    limit = k // 2 if packed else k
+    k_ok = start + lax.broadcasted_iota(jnp.int32, (1, span), 1) < limit
+    v = L.load(ref.at[:, pl.ds(start, span)], (row < total) & k_ok)
+  return unpack_pairs(v) if packed else v
 
 
 def kernel(a_ref, as_ref, b_ref, bs_ref, *refs, plan: MatmulPlan):
@@ -135,31 +208,42 @@ def kernel(a_ref, as_ref, b_ref, bs_ref, *refs, plan: MatmulPlan):
   bm, bn, chunk = plan.block_m, plan.block_n, plan.chunk
   rows = i * bm + lax.broadcasted_iota(jnp.int32, (bm, 1), 0)
   cols = j * bn + lax.broadcasted_iota(jnp.int32, (1, bn), 1)
-  b_rows = j * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+  contract = (
+    ((0 if plan.a_transposed else 1,), (0 if plan.b_transposed else 1,)),
+    ((), ()),
+  )
 
   def a_scales(c):
-    return _row_scales(as_ref, plan.a_scales, c, i, bm, m, chunk)
+    return _row_scales(
+      as_ref, plan.a_scales, c, i, bm, m, chunk, plan.a_transposed
+    )
 
   def b_scales(c):
-    return _row_scales(bs_ref, plan.b_scales, c, j, bn, n, chunk).reshape(1, -1)
+    return _row_scales(
+      bs_ref, plan.b_scales, c, j, bn, n, chunk, plan.b_transposed
+    ).reshape(1, -1)
 
   def step(c, acc):
-    k0 = c * chunk
-    k_ok = k0 + lax.broadcasted_iota(jnp.int32, (1, chunk), 1) < k
-    a = L.load(a_ref.at[:, pl.ds(k0, chunk)], (rows < m) & k_ok)
-    b = L.load(b_ref.at[:, pl.ds(k0, chunk)], (b_rows < n) & k_ok)
+    a = _load_chunk(
+      a_ref, c, i, bm, m, k, chunk, plan.a_packed, plan.a_transposed
+    )
+    b = _load_chunk(
+      b_ref, c, j, bn, n, k, chunk, plan.b_packed, plan.b_transposed
+    )
     if plan.upcast is not None:
       a, b = a.astype(plan.upcast), b.astype(plan.upcast)
-    p = lax.dot_general(a, b, _NT, preferred_element_type=plan.accumulator)
+    p = lax.dot_general(a, b, contract, preferred_element_type=plan.accumulator)
+    if plan.integer_accumulator:
+      return acc + p
     p = p.astype(jnp.float32)
     if plan.per_chunk:
       p = p * (a_scales(c) * b_scales(c))
     return acc + p
 
-  acc = jnp.zeros((bm, bn), jnp.float32)
-  acc = lax.fori_loop(0, plan.chunks, step, acc)
+  acc_dtype = jnp.int32 if plan.integer_accumulator else jnp.float32
+  acc = lax.fori_loop(0, plan.chunks, step, jnp.zeros((bm, bn), acc_dtype))
   if not plan.per_chunk:
-    acc = acc * (a_scales(0) * b_scales(0))
+    acc = acc.astype(jnp.float32) * (a_scales(0) * b_scales(0))
   mask = (rows < m) & (cols < n)
   if plan.out_block is None:
     (out_ref,) = refs

@@ -60,6 +60,34 @@ def hadamard_matrix(block: int) -> np.ndarray:
   return (h / math.sqrt(block)).astype(np.float32)
 
 
+def butterflies(y: Array, block: int) -> Array:
+  """The unnormalised transform of f32 ``y`` (R, C), ``block | C``: the
+  butterfly stages ``(a, b) -> (a + b, a - b)`` on pairs ``(i, i + h)`` for
+  h = 1, 2, ..., block / 2, in that order.
+
+  Written with reshapes, transposes and a size-2 unstack/stack on the last
+  axis only, which the Triton lowering accepts (``tt.trans``, ``tt.split``,
+  ``tt.join``): the fused kernels' form. It performs exactly the adds and
+  subtracts of :func:`block_hadamard` (same operands, same order), so the
+  results are bit-identical (tested).
+  """
+  rows, cols = y.shape
+  half = 1
+  while half < block:
+    groups = cols // (2 * half)
+    pairs = jnp.transpose(y.reshape(rows, groups, 2, half), (0, 1, 3, 2))
+    a, b = jnp.unstack(pairs, axis=-1)
+    y = jnp.stack([a + b, a - b], axis=-1)
+    y = jnp.transpose(y, (0, 1, 3, 2)).reshape(rows, cols)
+    half *= 2
+  return y
+
+
+def normalisation(block: int) -> np.float32:
+  """``RN(block^-1/2)``, the f32 factor applied after the butterflies."""
+  return np.float32(1.0 / math.sqrt(block))
+
+
 @functools.partial(jax.jit, static_argnames=("block",))
 def block_hadamard(x: Array, block: int) -> Array:
   """``x @ blockdiag(H_block, ...)`` along the last axis, in float32.
@@ -81,9 +109,12 @@ def block_hadamard(x: Array, block: int) -> Array:
   y = y.reshape(-1, shape[-1] // block, block)
   half = 1
   while half < block:
-    # Butterflies on pairs (i, i + half) inside groups of 2 * half.
+    # Butterflies on pairs (i, i + half) inside groups of 2 * half: the same
+    # adds and subtracts as :func:`butterflies`, written with slices, which
+    # XLA fuses into one pass (the transposes of the kernels' form would
+    # cost a pass over the tensor per stage).
     pairs = y.reshape(*y.shape[:-1], block // (2 * half), 2, half)
     a, b = pairs[..., 0, :], pairs[..., 1, :]
     y = jnp.stack([a + b, a - b], axis=-2).reshape(y.shape)
     half *= 2
-  return (y * np.float32(1.0 / math.sqrt(block))).reshape(shape)
+  return (y * normalisation(block)).reshape(shape)

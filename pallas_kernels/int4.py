@@ -66,15 +66,28 @@ def pack_int4(codes: Array) -> Array:
         f"codes must lie in [{INT4_MIN}, {INT4_MAX}] to be packed as INT4, "
         f"got values in [{low}, {high}] (shape {codes.shape})"
       )
+  return pack_pairs(codes)
+
+
+def pack_pairs(codes: Array) -> Array:
+  """:func:`pack_int4` without the checks: the shifts and masks alone, which
+  also run inside kernels (Triton lowers the unstack to ``tt.split``)."""
   nibbles = lax.bitcast_convert_type(codes, jnp.uint8) & jnp.uint8(0xF)
   pairs = nibbles.reshape(*codes.shape[:-1], codes.shape[-1] // 2, 2)
-  return pairs[..., 0] | (pairs[..., 1] << jnp.uint8(4))
+  even, odd = jnp.unstack(pairs, axis=-1)
+  return even | (odd << jnp.uint8(4))
 
 
 def unpack_int4(packed: Array) -> Array:
   """uint8 (..., K/2) -> int8 codes in [-8, 7] of shape (..., K)."""
   _check_dtype("packed", packed, jnp.uint8)
   unpacked_shape(packed.shape)
+  return unpack_pairs(packed)
+
+
+def unpack_pairs(packed: Array) -> Array:
+  """:func:`unpack_int4` without the checks (runs inside kernels too:
+  Triton lowers the stack to ``tt.join``)."""
   signed = lax.bitcast_convert_type(packed, jnp.int8)
   low = (signed << jnp.int8(4)) >> jnp.int8(4)  # arithmetic: sign-extends
   high = signed >> jnp.int8(4)

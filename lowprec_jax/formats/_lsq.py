@@ -27,15 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from pallas_kernels.numerics import (
-  INT4_MAX,
-  INT4_MIN,
-  divided_reciprocal,
-  rint,
+from pallas_kernels.lsq import (
+  CLIPPED,
+  DERIVATIVE_STEPS,
+  lsq_codes,
+  lsq_reciprocal,
 )
-
-DERIVATIVE_STEPS = 14  # d = code / 14 inside the range
-CLIPPED = -8  # the derivative code of a clipped value
+from pallas_kernels.numerics import INT4_MAX
 
 
 def lsq_initial_step(v: Array) -> Array:
@@ -50,21 +48,16 @@ def lsq_gradient_scale(numel: int) -> float:
 
 
 def _scaled(v: Array, step: Array) -> Array:
-  s = jnp.maximum(jnp.abs(step.astype(jnp.float32)), 2.0**-126)
-  return v.astype(jnp.float32) * divided_reciprocal(s)
+  return v.astype(jnp.float32) * lsq_reciprocal(step)
 
 
 def lsq_quantize(v: Array, step: Array) -> tuple[Array, Array]:
-  """(codes, derivative codes), both int8 in [-8, 7] (module docstring).
+  """(codes, derivative codes), both int8 in [-8, 7] (module docstring;
+  the rounding rule is :func:`pallas_kernels.lsq.lsq_codes`).
 
   ``step`` is used as ``|step|`` (the paper keeps it positive by abs).
   """
-  y = _scaled(v, step)
-  q = jnp.clip(rint(y), INT4_MIN, INT4_MAX)
-  clipped = (y < INT4_MIN) | (y > INT4_MAX)
-  inside = jnp.clip(rint(DERIVATIVE_STEPS * (q - y)), -7, 7)
-  d = jnp.where(clipped, CLIPPED, inside)
-  return q.astype(jnp.int8), d.astype(jnp.int8)
+  return lsq_codes(_scaled(v, step))
 
 
 def lsq_fake_quantize(v: Array, step: Array) -> Array:

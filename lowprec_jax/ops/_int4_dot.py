@@ -26,11 +26,10 @@ In the canonical layout (``_dimension_numbers``) ``x`` (B, M, K), ``w``
   then the STE (LSQ: masked to the unclipped range, plus the step
   gradients), and ``dx = dv_x H``, ``dw = dv_w H``.
 
-Every GEMM is a ``lowprec_gemm`` call tagged for the census, with int8
-operands (INT4 codes unpacked inside the call). Only the ``"xla"``
-implementation exists so far: the fused Hadamard + quantize + pack and the
-unpack-in-kernel GEMM kernels are not written yet, and asking for another
-implementation raises.
+Every GEMM is a ``lowprec_gemm`` call tagged for the census, on int8
+tensor cores (INT4 codes unpacked inside the call). The rotation,
+quantization, bit split and GEMMs run in one of the implementations of
+:mod:`._int4_implementation` (``"xla"``, ``"pallas"``), bit-identical.
 """
 
 import dataclasses
@@ -53,19 +52,23 @@ from lowprec_jax.formats._lsq import (
   lsq_fake_quantize,
   lsq_gradient_scale,
   lsq_initial_step,
-  lsq_quantize,
 )
-from lowprec_jax.formats._quantize import fake_quantize, quantize
+from lowprec_jax.formats._quantize import fake_quantize
 from lowprec_jax.ops._census import GemmTag
 from lowprec_jax.ops._dimension_numbers import canonicalize
 from lowprec_jax.ops._dot_general import _out_dtype, lowprec_gemm
 from lowprec_jax.ops._int4_config import Int4Config
+from lowprec_jax.ops._int4_implementation import (
+  INT4_GEMMS,
+  GemmOperand,
+  Int4Implementation,
+  per_tensor,
+)
 from lowprec_jax.ops._leverage import row_norms, systematic_sample, water_fill
 from pallas_kernels import tiles
-from pallas_kernels.bit_split import bit_split, combined_codes
+from pallas_kernels.bit_split import split_sigma
 from pallas_kernels.checks import as_seed, check_float_array
 from pallas_kernels.hadamard import block_hadamard
-from pallas_kernels.matmul_reference import scaled_matmul
 from pallas_kernels.numerics import (
   NumberGrid,
   derive_seed,
@@ -75,49 +78,7 @@ from pallas_kernels.numerics import (
   uniform_from_bits,
 )
 
-IMPLEMENTATIONS = ("xla",)
 _SALT_SPLIT, _SALT_DGRAD, _SALT_WGRAD, _SALT_REQUANT = 11, 12, 13, 14
-_LSQ_TILE = None  # LSQ scales are per tensor
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class GemmOperand:
-  """Unpacked integer codes and their scales for one GEMM operand: codes
-  (B, R, K) int8, or packed INT4 (uint8, last axis halved) unpacked inside
-  the GEMM call; scales shaped by ``tile`` (:mod:`pallas_kernels.tiles`)."""
-
-  codes: Array
-  scale: Array
-  tile: tiles.Tile = dataclasses.field(metadata=dict(static=True))
-  packed: bool = dataclasses.field(default=False, metadata=dict(static=True))
-
-  def unpacked(self) -> "GemmOperand":
-    """The same operand with one int8 code per element."""
-    if not self.packed:
-      return self
-    return GemmOperand(Int4().unpack(self.codes), self.scale, self.tile)
-
-
-@dataclasses.dataclass(frozen=True)
-class Int4XlaGemm:
-  """The ``"xla"`` INT4 GEMM: int8 dots of the codes (exact int32 partial
-  sums per contraction block) and fp32 rescale
-  (:func:`pallas_kernels.matmul_reference.scaled_matmul`)."""
-
-  name: str = "xla"
-
-  def matmul(self, a: GemmOperand, b: GemmOperand, out_dtype):
-    a, b = a.unpacked(), b.unpacked()
-    return scaled_matmul(
-      a.codes,
-      a.scale,
-      b.codes,
-      b.scale,
-      a_tile=a.tile,
-      b_tile=b.tile,
-      out_dtype=out_dtype,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +88,7 @@ class _Plan:
   lhs_dtype: np.dtype
   rhs_dtype: np.dtype
   out_dtype: np.dtype
-  implementation: Int4XlaGemm = Int4XlaGemm()
+  implementation: Int4Implementation
 
 
 def _rotate(x: Array, index: Array, candidates) -> Array:
@@ -170,20 +131,10 @@ def initial_steps(
 # ----------------------------------------------------------------- forward
 
 
-def _quantize_operand(v: Array, step: Array, config: Int4Config):
-  """(GEMM operand with packed codes, derivative codes packed or None)."""
-  fmt = Int4()
-  if config.scale == "lsq":
-    q, d = lsq_quantize(v, step)
-    scale = jnp.abs(step).astype(jnp.float32).reshape(1, 1, 1)
-    return GemmOperand(fmt.pack(q), scale, _LSQ_TILE, True), fmt.pack(d)
-  qt = quantize(v, config.format)
-  return GemmOperand(qt.qvalue, qt.scale, config.format.tile, True), None
-
-
 def _gemm(role, plan, formats, a: GemmOperand, b: GemmOperand, out_dtype):
   """One census-tagged GEMM call (``formats``: lhs and rhs names)."""
-  bsz, m, k = a.codes.shape
+  bsz, m, k = a.layout.logical_shape(a.codes.shape)
+  n = b.layout.logical_shape(b.codes.shape)[1]
   impl = plan.implementation.name
   tag = GemmTag(
     role=role,
@@ -192,7 +143,7 @@ def _gemm(role, plan, formats, a: GemmOperand, b: GemmOperand, out_dtype):
     rhs_format=formats[1],
     lhs_quantizer=impl,
     rhs_quantizer=impl,
-    shape=f"{bsz}x{m}x{b.codes.shape[1]}x{k * (2 if a.packed else 1)}",
+    shape=f"{bsz}x{m}x{n}x{k}",
   )
   with jax.named_scope(str(tag)):
     return lowprec_gemm(
@@ -205,9 +156,9 @@ def _gemm(role, plan, formats, a: GemmOperand, b: GemmOperand, out_dtype):
 
 
 def _forward(x3, w3, steps, index, plan: _Plan):
-  cfg = plan.config
-  a, a_d = _quantize_operand(_rotate(x3, index, plan.candidates), steps[0], cfg)
-  b, b_d = _quantize_operand(_rotate(w3, index, plan.candidates), steps[1], cfg)
+  cfg, impl = plan.config, plan.implementation
+  a, a_d = impl.rotate_quantize(x3, index, plan.candidates, steps[0], cfg)
+  b, b_d = impl.rotate_quantize(w3, index, plan.candidates, steps[1], cfg)
   name = cfg.operand_name
   out = _gemm("fwd", plan, (name, name), a, b, plan.out_dtype)
   return out, (a, a_d, b, b_d)
@@ -222,8 +173,7 @@ def _named(op: GemmOperand, d, side: str):
   op = GemmOperand(
     checkpoint_name(op.codes, f"lowprec_{side}"),
     checkpoint_name(op.scale, f"lowprec_{side}_scale"),
-    op.tile,
-    op.packed,
+    op.layout,
   )
   if d is not None:
     d = checkpoint_name(d, f"lowprec_{side}_lsq")
@@ -241,54 +191,27 @@ def _int4_qdot_fwd(x3, w3, steps, index, seed, plan):
 # ---------------------------------------------------------------- backward
 
 
-def _transposed(op: GemmOperand) -> GemmOperand:
-  """The operand of the transposed matrix (unpacked codes)."""
-  op = op.unpacked()
-  return GemmOperand(
-    jnp.swapaxes(op.codes, 1, 2),
-    jnp.swapaxes(op.scale, 1, 2),
-    tiles.transpose(op.tile),
-  )
-
-
 def _uniforms(seed, salt, shape) -> Array:
   row, col = tiles.element_coordinates(shape)
   return uniform_from_bits(random_bits(derive_seed(seed, salt), row, col))
 
 
-def _per_tensor(codes: Array, inverse_sigma: Array) -> GemmOperand:
-  return GemmOperand(codes, inverse_sigma.reshape(1, 1, 1), None)
-
-
-def _backward_all(g_formats, plan, hi, lo, inv_sigma, a, b):
-  """dv_x, dv_w from one INT8 GEMM each on c = 14 hi + lo."""
-  c = combined_codes(hi, lo)  # (B, M, N)
-  dv_x = _gemm(
-    "dlhs",
-    plan,
-    g_formats[0],
-    _per_tensor(c, inv_sigma),
-    _transposed(b),
-    jnp.float32,
-  )
+def _backward_all(g_formats, plan, c, inv_sigma, a, b):
+  """dv_x, dv_w from one INT8 GEMM each on c = 14 hi + lo (B, M, N); the
+  saved operands are read transposed where they are stored."""
+  c = per_tensor(c, inv_sigma)
+  dv_x = _gemm("dlhs", plan, g_formats[0], c, b.transposed(), jnp.float32)
   dv_w = _gemm(
-    "drhs",
-    plan,
-    g_formats[1],
-    _per_tensor(jnp.swapaxes(c, 1, 2), inv_sigma),
-    _transposed(a),
-    jnp.float32,
+    "drhs", plan, g_formats[1], c.transposed(), a.transposed(), jnp.float32
   )
   return dv_x, dv_w
 
 
-def _backward_leverage(g_formats, plan, hi, lo, inv_sigma, a, b, seed):
+def _backward_leverage(g_formats, plan, parts, inv_sigma, a, b, seed):
   """dv_x, dv_w with static-size leverage-score sampling (module doc)."""
+  hi, lo, squares = parts
   bsz, m, _ = hi.shape
-  rows = jnp.concatenate(
-    [hi.astype(jnp.float32) * 14.0, lo.astype(jnp.float32)], axis=1
-  )  # (B, 2M, N)
-  norms = row_norms(rows)
+  norms = jnp.sqrt(squares.astype(jnp.float32))  # of the rows of [14 hi; lo]
   u_dgrad = uniform_from_bits(
     random_bits(derive_seed(seed, _SALT_DGRAD), jnp.arange(bsz), 0)
   )
@@ -302,21 +225,24 @@ def _backward_leverage(g_formats, plan, hi, lo, inv_sigma, a, b, seed):
     return jnp.zeros((2 * m,), jnp.float32).at[index].add(weights)
 
   factors = jax.vmap(dgrad_factors)(norms, u_dgrad)  # (B, 2M)
-  w_t = _transposed(b)
+  w_t = b.transposed()
   hi_part = _gemm(
-    "dlhs", plan, g_formats[0], _per_tensor(hi, inv_sigma), w_t, jnp.float32
+    "dlhs", plan, g_formats[0], per_tensor(hi, inv_sigma), w_t, jnp.float32
   )
   lo_part = _gemm(
-    "dlhs", plan, g_formats[0], _per_tensor(lo, inv_sigma), w_t, jnp.float32
+    "dlhs", plan, g_formats[0], per_tensor(lo, inv_sigma), w_t, jnp.float32
   )
   dv_x = (
     hi_part * (14.0 * factors[:, :m, None]) + lo_part * factors[:, m:, None]
   )
 
   # wgrad: sample rows of [14 hi; lo] with x's rows duplicated.
-  x = a.unpacked()  # per-tensor scale (leverage needs it: Int4Config)
-  x_norms = row_norms(x.codes)
+  x_codes, _ = a.materialized()  # per-tensor scale (leverage needs it)
+  x_norms = row_norms(x_codes)
   scores = norms * jnp.concatenate([x_norms, x_norms], axis=1)
+  rows = jnp.concatenate(
+    [hi.astype(jnp.float32) * 14.0, lo.astype(jnp.float32)], axis=1
+  )  # (B, 2M, N)
 
   def wgrad_rows(score, r, u):
     index, weights = systematic_sample(water_fill(score, m), m, u)
@@ -326,15 +252,14 @@ def _backward_leverage(g_formats, plan, hi, lo, inv_sigma, a, b, seed):
   # 1/p folded into the kept rows, requantized to INT8 by SR (unbiased).
   u_requant = _uniforms(seed, _SALT_REQUANT, kept.shape)
   codes, scale = _sr_int8(kept, u_requant)
-  x_kept = jnp.take_along_axis(x.codes, x_rows[:, :, None], axis=1)
+  # The kept token rows of x's packed codes (rows of (B, M, K/2)).
+  x_kept = jnp.take_along_axis(a.codes, x_rows[:, :, None], axis=1)
   dv_w = _gemm(
     "drhs",
     plan,
     g_formats[1],
-    GemmOperand(
-      jnp.swapaxes(codes, 1, 2), scale * inv_sigma.reshape(1, 1, 1), None
-    ),
-    GemmOperand(jnp.swapaxes(x_kept, 1, 2), x.scale, None),
+    per_tensor(codes, scale * inv_sigma).transposed(),
+    GemmOperand(x_kept, a.scale, a.layout).transposed(),
     jnp.float32,
   )
   return dv_x, dv_w
@@ -351,7 +276,7 @@ def _sr_int8(x: Array, u: Array) -> tuple[Array, Array]:
 def _lsq_backward(dv: Array, op: GemmOperand, d: Array):
   """(masked STE gradient, the step's gradient) of one LSQ operand."""
   fmt = Int4()
-  mask, d_step = lsq_derivatives(fmt.unpack(op.codes), fmt.unpack(d))
+  mask, d_step = lsq_derivatives(op.materialized()[0], fmt.unpack(d))
   scale = lsq_gradient_scale(int(np.prod(dv.shape)))
   return dv * mask, jnp.sum(dv * d_step) * scale
 
@@ -359,16 +284,22 @@ def _lsq_backward(dv: Array, op: GemmOperand, d: Array):
 def _int4_qdot_bwd(plan: _Plan, res, g):
   a, a_d, b, b_d, steps, index, seed = res
   cfg = plan.config
-  g = g.astype(jnp.float32)
-  hi, lo, sigma = bit_split(g, _uniforms(seed, _SALT_SPLIT, g.shape), cfg.split)
+  sigma = split_sigma(g, cfg.split)
+  parts = plan.implementation.split(
+    g,
+    sigma,
+    derive_seed(seed, _SALT_SPLIT),
+    cfg.split,
+    parts=cfg.sampling != "all",
+  )
   inv_sigma = 1.0 / sigma
   name = cfg.gradient_name
   g_formats = ((name, cfg.operand_name), (name, cfg.operand_name))
   if cfg.sampling == "all":
-    dv_x, dv_w = _backward_all(g_formats, plan, hi, lo, inv_sigma, a, b)
+    dv_x, dv_w = _backward_all(g_formats, plan, parts, inv_sigma, a, b)
   else:
     dv_x, dv_w = _backward_leverage(
-      g_formats, plan, hi, lo, inv_sigma, a, b, seed
+      g_formats, plan, parts, inv_sigma, a, b, seed
     )
   d_steps = jnp.zeros_like(steps)
   if cfg.scale == "lsq":
@@ -377,8 +308,9 @@ def _int4_qdot_bwd(plan: _Plan, res, g):
       (_lsq_backward(dv_w, b, b_d)),
     )
     d_steps = jnp.stack([dstep_x, dstep_w]) * jnp.sign(steps)  # of |step|
-  dx = _rotate(dv_x, index, plan.candidates).astype(plan.lhs_dtype)
-  dw = _rotate(dv_w, index, plan.candidates).astype(plan.rhs_dtype)
+  impl = plan.implementation
+  dx = impl.rotate(dv_x, index, plan.candidates, plan.lhs_dtype)
+  dw = impl.rotate(dv_w, index, plan.candidates, plan.rhs_dtype)
   return dx, dw, d_steps, None, None
 
 
@@ -399,7 +331,7 @@ def int4_dot_general(
   block_index: Array | None = None,
   steps: Array | None = None,
   seed=None,
-  implementation: str | None = None,
+  implementation=None,
 ) -> Array:
   """``lax.dot_general`` trained in INT4 (module docstring).
 
@@ -418,18 +350,22 @@ def int4_dot_general(
       ``scale="lsq"`` (:class:`lowprec_jax.nn.QuantDotGeneral` learns them);
       ignored for "absmax".
     seed: required: an int, a uint32 scalar or a PRNG key.
-    implementation: "xla" or None (the only implementation so far).
+    implementation: "pallas", "xla", a sequence of them, or None (on a
+      GPU pallas then xla, elsewhere xla): see
+      :mod:`lowprec_jax.ops._int4_implementation`. "mosaic" raises: there
+      are no Mosaic GPU INT4 kernels yet.
 
   Returns:
     An array of shape ``batch + lhs_free + rhs_free``.
   """
   if not isinstance(config, Int4Config):
     raise ValueError(f"config must be an Int4Config, got {config!r}")
-  if implementation not in (None, *IMPLEMENTATIONS):
+  if implementation == "mosaic":
     raise NotImplementedError(
-      f"int4_dot_general has no {implementation!r} implementation yet "
-      f"(available: {IMPLEMENTATIONS}); the INT4 kernels are not written"
+      "int4_dot_general has no 'mosaic' implementation yet (the Mosaic GPU "
+      f"INT4 kernels are not written); available: {INT4_GEMMS.names}"
     )
+  impl = INT4_GEMMS.resolve(implementation, config, f"config {config.name!r}")
   check_float_array("lhs", lhs)
   check_float_array("rhs", rhs)
   layout = canonicalize(lhs, rhs, dimension_numbers)
@@ -458,7 +394,7 @@ def int4_dot_general(
   x3 = layout.lhs(lhs)
   w3 = layout.rhs(rhs)
   if layout.rhs_kn:
-    w3 = jnp.swapaxes(w3, 1, 2)  # (B, N, K): the xla implementation's layout
+    w3 = jnp.swapaxes(w3, 1, 2)  # (B, N, K): K-major, as the kernels read it
   if block_index is None:
     block_index = choose_block(x3, w3, config)
   block_index = jnp.asarray(block_index, jnp.int32)
@@ -484,6 +420,7 @@ def int4_dot_general(
     lhs_dtype=np.dtype(lhs.dtype),
     rhs_dtype=np.dtype(rhs.dtype),
     out_dtype=out_dtype,
+    implementation=impl,
   )
   out3 = _int4_qdot(x3, w3, steps, block_index, seed, plan)
   return layout.out(out3)

@@ -199,6 +199,45 @@ def test_census_jaxpr_and_static_shapes():
   )
 
 
+IMPLEMENTATION_CONFIGS = {
+  "int4_hq": int4_hq(),  # LSQ, faithful split, leverage sampling
+  "int4_hq_b32": int4_hq_b32(),  # 32 x 32 blocks, full split, every row
+  "lsq_all_rows": Int4Config(name="lsq_all", sampling="all"),
+}
+
+
+@pytest.mark.parametrize("name", list(IMPLEMENTATION_CONFIGS))
+def test_implementations_agree_bit_for_bit(name):
+  """ "pallas" (kernels, interpreted here) and "xla": the output and every
+  gradient (x, w and the LSQ steps) bit for bit, on a ragged batch of 3 x
+  20 tokens (K = 64, N = 40; Hadamard block 4)."""
+  cfg = IMPLEMENTATION_CONFIGS[name]
+  x = normal((3, 20, 64), seed=4)
+  w = normal((64, 40), seed=5) * 0.1
+  dims = (((2,), (0,)), ((), ()))
+  steps = jnp.array([0.3, 0.05], jnp.float32)
+
+  def loss(x, w, s, implementation):
+    y = int4_dot_general(
+      x, w, dims, config=cfg, block_index=jnp.int32(2), steps=s, seed=3,
+      implementation=implementation,
+    )  # fmt: skip
+    return jnp.sum(y * y)
+
+  results = {}
+  for implementation in ("xla", "pallas"):
+    fn = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    results[implementation] = jax.jit(fn, static_argnums=3)(
+      x, w, steps, implementation
+    )
+  for ours, ref in zip(
+    jax.tree.leaves(results["pallas"]), jax.tree.leaves(results["xla"])
+  ):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+  if cfg.scale == "lsq":  # the learned steps get gradients
+    assert float(jnp.abs(results["xla"][1][2]).max()) > 0
+
+
 @pytest.mark.standard_promotion  # optax's bias correction
 def test_quant_dot_general_keeps_block_and_learns_steps():
   rngs = nnx.Rngs(params=0, quant=1)
@@ -271,6 +310,26 @@ def test_bad_input():
       config=cfg,
       seed=0,
       implementation="mosaic",
+    )
+  with raises("implementation='pallas' cannot run .*S in", NotImplementedError):
+    int4_dot_general(
+      jnp.ones((4, 64)),
+      jnp.ones((64, 2)),
+      DIMS,
+      config=Int4Config(scale="absmax", block=16, sampling="all"),
+      seed=0,
+      implementation="pallas",
+    )
+  with raises(
+    "per-tensor absmax INT4 scales have no kernel", NotImplementedError
+  ):
+    int4_dot_general(
+      jnp.ones((4, 64)),
+      jnp.ones((64, 2)),
+      DIMS,
+      config=Int4Config(scale="absmax", sampling="all"),
+      seed=0,
+      implementation="pallas",
     )
   with raises("is an INT4 recipe"):
     quantized_dot_general(

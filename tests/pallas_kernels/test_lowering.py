@@ -21,8 +21,12 @@ import pytest
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import fp8_matmul as F
+from pallas_kernels import hadamard_quantize as HQ
+from pallas_kernels import int4_matmul as I4
 from pallas_kernels import int8_matmul as I
 from pallas_kernels import quantize as Q
+from pallas_kernels import split_quantize as SQ
+from pallas_kernels import tiles
 from pallas_kernels.backend import cuda_lowering
 from tests.pallas_kernels.kernel_support import fp8_scale_shape
 
@@ -120,3 +124,60 @@ def test_fp8_matmul(a_tile, b_tile, a_dtype, b_dtype, out_dtype):
   )
   kw = dict(a_tile=a_tile, b_tile=b_tile, out_dtype=out_dtype)
   _assert_lowers(F.fp8_matmul, *a, *b, **kw)
+
+
+def _int4_operand(shape, op):
+  """(codes, scales) structs of a logical (B, R, K) INT4-GEMM operand."""
+  b, r, k = shape
+  scales = tiles.scale_shape(shape, op.tile)
+  stored = (b, k, r) if op.transposed else (b, r, k)
+  if op.transposed:
+    scales = (scales[0], scales[2], scales[1])
+  if op.packed:
+    return S((*stored[:-1], stored[-1] // 2), jnp.uint8), S(scales)
+  return S(stored, jnp.int8), S(scales)
+
+
+@pytest.mark.parametrize("tile", [None, (32, 32), (128, 128)])
+@pytest.mark.parametrize(
+  "a_storage, b_storage",
+  list(itertools.product(itertools.product((False, True), repeat=2), repeat=2)),
+  ids=str,
+)
+def test_int4_matmul(tile, a_storage, b_storage):
+  a, b = I4.Int4Operand(tile, *a_storage), I4.Int4Operand(tile, *b_storage)
+  args = (*_int4_operand((B, M, K), a), *_int4_operand((B, N, K), b))
+  _assert_lowers(I4.int4_matmul, *args, a=a, b=b)
+
+
+@pytest.mark.parametrize("hadamard_block", [1, 2, 128, 1024])
+@pytest.mark.parametrize("block", [None, 16, 32])
+def test_hadamard_quantize(hadamard_block, block):
+  x = S((B, M, 2048), jnp.bfloat16)
+  if block is None:
+    _assert_lowers(
+      HQ.hadamard_quantize_lsq, x, S(()), hadamard_block=hadamard_block
+    )
+  else:
+    _assert_lowers(
+      HQ.hadamard_quantize_blocks, x, hadamard_block=hadamard_block,
+      block=block,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("split", ["faithful", "full"])
+@pytest.mark.parametrize("parts", [False, True])
+def test_split_quantize(split, parts):
+  g = S((B, M, N), jnp.bfloat16)
+  _assert_lowers(
+    SQ.split_quantize, g, S(()), S((), jnp.uint32), split=split, parts=parts
+  )
+
+
+@pytest.mark.parametrize("hadamard_block", [2, 128, 1024])
+def test_hadamard_rotate(hadamard_block):
+  x = S((B, M, 2048))
+  _assert_lowers(
+    HQ.hadamard_rotate, x, hadamard_block=hadamard_block,
+    out_dtype=jnp.bfloat16,
+  )  # fmt: skip

@@ -86,14 +86,16 @@ def test_llama_train_step_lowers_for_cuda_with_gpu_kernels():
 
 @pytest.mark.parametrize("recipe", ["int4_hq", "int4_hq_b32"])
 def test_int4_train_step_lowers_for_cuda(recipe):
-  # INT4 has only the xla implementation so far (no kernels yet): the step
-  # lowers with int8 x int8 -> int32 dots (XLA's GEMMs) and no host call.
+  # On a GPU, INT4 picks the "pallas" kernels (Triton): the fused Hadamard
+  # quantizer, the bit split and the unpack-in-kernel INT8-tensor-core GEMMs
+  # (no Mosaic GPU INT4 kernels yet), with no host call left.
   calls, gemms = _lowered_step(recipe, "adamw")
   quantized = [r for r in gemms.records if r.quantized]
-  assert {r.implementation for r in quantized} == {"xla"}, gemms
+  assert {r.implementation for r in quantized} == {"pallas"}, gemms
   assert {(r.lhs_dtype, r.rhs_dtype, r.accumulator) for r in quantized} == {
     ("int8", "int8", "int32")
   }, gemms
   fwd = sum(r.count for r in quantized if r.role == "fwd")
   assert fwd == QUANTIZED_GEMMS // 3, gemms
+  assert calls["__gpu$xla.gpu.triton"] >= QUANTIZED_GEMMS, calls
   assert not [c for c in calls if "callback" in c], calls
