@@ -102,9 +102,6 @@ def _check(a_q, a_s, a: Int4Operand, b_q, b_s, b: Int4Operand, out_dtype):
   for name, q, op in (("a_q", a_q, a), ("b_q", b_q, b)):
     want = np.dtype(np.uint8 if op.packed else np.int8)
     C.check_array(name, q, (want,))
-  reason = unsupported_reason(a, b)
-  if reason:
-    raise NotImplementedError(reason)
   (ba, m, k), (bb, n, kb) = (
     a.logical_shape(a_q.shape),
     b.logical_shape(b_q.shape),
@@ -168,6 +165,9 @@ def int4_matmul(
       (:func:`unsupported_reason`).
   """
   bmnk = _check(a_q, a_s, a, b_q, b_s, b, out_dtype)
+  reason = unsupported_reason(a, b)
+  if reason:
+    raise NotImplementedError(reason)
   (out,) = core.run(
     a_q,
     a_s,
@@ -185,7 +185,8 @@ def int4_matmul_reference(
   a_q, a_s, b_q, b_s, *, a=Int4Operand(), b=Int4Operand(), out_dtype=jnp.float32
 ) -> Array:
   """Twin of :func:`int4_matmul` in plain jnp: materialise both operands
-  (unpack, transpose) and :func:`scaled_matmul` them."""
+  (unpack, transpose) and :func:`scaled_matmul` them. Takes any per-tensor
+  or S x S tiles (S x S blocks of 16 too)."""
   _check(a_q, a_s, a, b_q, b_s, b, out_dtype)
   a_codes, a_scale = a.materialized(a_q, a_s)
   b_codes, b_scale = b.materialized(b_q, b_s)

@@ -86,6 +86,9 @@ def test_bad_input():
   with pytest.raises(ValueError, match="a_s has shape \\(1, 1, 1\\)"):
     blocks, wide = Int4Operand((32, 32)), jnp.zeros((1, 64, 64), jnp.int8)
     int4_matmul(wide, s, wide, s, a=blocks, b=blocks)
+  sixteen = Int4Operand((16, 16))
   with pytest.raises(NotImplementedError, match="S in"):
-    sixteen = Int4Operand((16, 16))
     int4_matmul(q, s, q, s, a=sixteen, b=sixteen)
+  # The jnp twin (the "xla" implementation) takes 16 x 16 blocks.
+  out = int4_matmul_reference(q, s, q, s, a=sixteen, b=sixteen)
+  assert out.shape == (1, 8, 8)
