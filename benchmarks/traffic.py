@@ -38,7 +38,13 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks._results import RESULTS, write_results
 from benchmarks.shapes import shapes
-from lowprec_jax.ops import get_recipe, jetfire_int8, quantized_dot_general
+from lowprec_jax.ops import (
+  Int4Config,
+  get_recipe,
+  int4_dot_general,
+  jetfire_int8,
+  quantized_dot_general,
+)
 
 TARGET = pathlib.Path(__file__).parent / "offline" / "h200_target_config.txtpb"
 DIMS = (((1,), (0,)), ((), ()))
@@ -48,7 +54,13 @@ RECIPES = {
   "fp8_block": get_recipe("fp8_block"),
   "jetfire_int8_b128": jetfire_int8(128),
   "jetfire_int8": get_recipe("jetfire_int8"),
+  "int4_hq": get_recipe("int4_hq"),
+  "int4_hq_b32": get_recipe("int4_hq_b32"),
 }
+# INT4 runs with a fixed Hadamard block (index into the candidates dividing
+# K: 7 is 128, what the search picks for most layers of the demo GPT) and
+# LSQ steps of 0.1 and 0.01.
+INT4_BLOCK_INDEX = 7
 # Roofline assumptions (a prediction, stated here): dense peaks, the
 # fraction of peak each GEMM kernel is assumed to reach (cuBLAS bf16 as
 # usually measured; ours from the Hopper review's ranges, mid-points), the
@@ -60,6 +72,10 @@ GEMM_FRACTION = {
   "fp8_block": 0.52,
   "jetfire_int8_b128": 0.42,
   "jetfire_int8": 0.18,
+  # The portable (Triton) INT4 GEMM: int8 mma.sync with the codes unpacked in
+  # registers, no wgmma and no TMA; a guess below the INT8 Mosaic kernels'.
+  "int4_hq": 0.30,
+  "int4_hq_b32": 0.30,
 }
 COPY_BYTES_PER_S = 4.3e12
 LAUNCH_S = 4e-6
@@ -73,6 +89,8 @@ EXTRA_BYTES_BOUND = {
   "fp8_block": 1.2e9,
   "jetfire_int8_b128": 0.72e9,
   "jetfire_int8": 0.78e9,
+  "int4_hq": 3.3e9,
+  "int4_hq_b32": 1.6e9,
 }
 _BYTES = {
   "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2,
@@ -173,6 +191,16 @@ def compile_step(config, m: int, k: int, n: int) -> str:
   def linear(x, w):
     if config is None:
       return jax.lax.dot_general(x, w, DIMS)
+    if isinstance(config, Int4Config):
+      return int4_dot_general(
+        x,
+        w,
+        DIMS,
+        config=config,
+        block_index=INT4_BLOCK_INDEX,
+        steps=jnp.array([0.1, 0.01], jnp.float32),
+        seed=0,
+      )
     return quantized_dot_general(x, w, DIMS, config=config, seed=0)
 
   def step(x, w, g):

@@ -38,7 +38,11 @@ from pallas_kernels.matmul_reference import scaled_matmul
 from pallas_kernels.tiles import TileKind
 
 # The side of S x S block scales the kernel accepts (one chunk of K per S).
-INT4_GEMM_BLOCKS = tiles.BLOCK_SIZES
+INT4_GEMM_BLOCKS = (16, *tiles.BLOCK_SIZES)
+# A K chunk shorter than the int8 MMA's K (32) runs as a bf16 MMA with f32
+# accumulation instead: exact for integer codes of at most 8 bits (bf16 holds
+# them) and chunk sums below 2^24 (16 * 127 * 127 < 2^18).
+_INT8_MMA_K = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +128,7 @@ def _check(a_q, a_s, a: Int4Operand, b_q, b_s, b: Int4Operand, out_dtype):
 def _plan(bmnk, a: Int4Operand, b: Int4Operand, out_dtype, config):
   side = max((op.tile[0] for op in (a, b) if op.tile is not None), default=0)
   block_m, block_n = max(config.block_m, side), max(config.block_n, side)
+  short_chunk = (side or config.chunk) < _INT8_MMA_K
   return core.MatmulPlan(
     bmnk=bmnk,
     a_scales=tiles.kind_of(a.tile),
@@ -131,8 +136,8 @@ def _plan(bmnk, a: Int4Operand, b: Int4Operand, out_dtype, config):
     chunk=side or config.chunk,
     block_m=block_m,
     block_n=block_n,
-    accumulator=np.dtype(np.int32),
-    upcast=None,
+    accumulator=np.dtype(np.float32 if short_chunk else np.int32),
+    upcast=np.dtype(jnp.bfloat16) if short_chunk else None,
     out_dtype=np.dtype(out_dtype),
     num_warps=core.warps_for(block_m, block_n, config.num_warps),
     num_stages=config.num_stages,

@@ -203,6 +203,9 @@ IMPLEMENTATION_CONFIGS = {
   "int4_hq": int4_hq(),  # LSQ, faithful split, leverage sampling
   "int4_hq_b32": int4_hq_b32(),  # 32 x 32 blocks, full split, every row
   "lsq_all_rows": Int4Config(name="lsq_all", sampling="all"),
+  "blocks_16": Int4Config(
+    name="b16", scale="absmax", block=16, split="full", sampling="all"
+  ),
 }
 
 
@@ -311,15 +314,20 @@ def test_bad_input():
       seed=0,
       implementation="mosaic",
     )
+  big = Int4Config(scale="absmax", block=256, sampling="all")
   with raises("implementation='pallas' cannot run .*S in", NotImplementedError):
     int4_dot_general(
-      jnp.ones((4, 64)),
-      jnp.ones((64, 2)),
+      jnp.ones((4, 256)),
+      jnp.ones((256, 2)),
       DIMS,
-      config=Int4Config(scale="absmax", block=16, sampling="all"),
+      config=big,
       seed=0,
       implementation="pallas",
     )
+  out = int4_dot_general(  # the xla implementation takes any block
+    jnp.ones((4, 256)), jnp.ones((256, 2)), DIMS, config=big, seed=0
+  )
+  assert out.shape == (4, 2)
   with raises(
     "per-tensor absmax INT4 scales have no kernel", NotImplementedError
   ):

@@ -67,9 +67,11 @@ def test_every_storage_with_blocks(a_storage, b_storage):
 
 
 @pytest.mark.parametrize("a_storage, b_storage", OP_LAYOUTS, ids=str)
-def test_op_layouts_per_tensor(a_storage, b_storage):
+@pytest.mark.parametrize("tile", [None, (16, 16)], ids=str)
+def test_op_layouts(tile, a_storage, b_storage):
+  """Per-tensor scales, and 16 x 16 blocks (bf16 MMAs on exact integers)."""
   _assert_matches(
-    Int4Operand(None, *a_storage), Int4Operand(None, *b_storage), 1
+    Int4Operand(tile, *a_storage), Int4Operand(tile, *b_storage), 1
   )
 
 
@@ -86,9 +88,8 @@ def test_bad_input():
   with pytest.raises(ValueError, match="a_s has shape \\(1, 1, 1\\)"):
     blocks, wide = Int4Operand((32, 32)), jnp.zeros((1, 64, 64), jnp.int8)
     int4_matmul(wide, s, wide, s, a=blocks, b=blocks)
-  sixteen = Int4Operand((16, 16))
+  eight, q8 = Int4Operand((8, 8)), jnp.zeros((1, 8, 8), jnp.int8)
   with pytest.raises(NotImplementedError, match="S in"):
-    int4_matmul(q, s, q, s, a=sixteen, b=sixteen)
-  # The jnp twin (the "xla" implementation) takes 16 x 16 blocks.
-  out = int4_matmul_reference(q, s, q, s, a=sixteen, b=sixteen)
-  assert out.shape == (1, 8, 8)
+    int4_matmul(q8, s, q8, s, a=eight, b=eight)
+  with pytest.raises(NotImplementedError, match="block sizes differ"):
+    int4_matmul(q, s, q, s, a=Int4Operand((16, 16)), b=Int4Operand((32, 32)))

@@ -138,7 +138,7 @@ def _int4_operand(shape, op):
   return S(stored, jnp.int8), S(scales)
 
 
-@pytest.mark.parametrize("tile", [None, (32, 32), (128, 128)])
+@pytest.mark.parametrize("tile", [None, (16, 16), (32, 32), (128, 128)])
 @pytest.mark.parametrize(
   "a_storage, b_storage",
   list(itertools.product(itertools.product((False, True), repeat=2), repeat=2)),
