@@ -17,7 +17,9 @@ Two scale rules:
 * :func:`hadamard_quantize_blocks`: absmax S x S blocks, ``scale =
   absmax / 7`` and round-to-nearest-even codes in [-7, 7]
   (:func:`pallas_kernels.numerics.tile_scale`, the contract of every
-  quantizer: a NaN/inf block gets scale NaN and codes 0, zeros scale 1).
+  quantizer: a NaN/inf block gets scale NaN and codes 0, zeros scale 1), or
+  with ``clip_candidates`` the scale of the per-block clip search
+  (:mod:`pallas_kernels.clip_search`).
 
 The backward's ``H^T = H`` on the two f32 gradients is
 :func:`hadamard_rotate`: the same butterflies and a cast to the output
@@ -44,6 +46,10 @@ from pallas_kernels import checks as C
 from pallas_kernels import tiles
 from pallas_kernels._common import cdiv
 from pallas_kernels.backend import resolve_interpret
+from pallas_kernels.clip_search import (
+  check_clip_candidates,
+  searched_block_quantize,
+)
 from pallas_kernels.hadamard import (
   block_hadamard,
   butterflies,
@@ -116,17 +122,22 @@ def _lsq_kernel(x_ref, inv_ref, q_ref, d_ref, *, rows, cols, shape, h):
   L.store(d_ref, pack_pairs(d), mask)
 
 
-def _blocks_kernel(x_ref, q_ref, s_ref, *, rows, cols, shape, h, block):
+def _blocks_kernel(
+  x_ref, q_ref, s_ref, *, rows, cols, shape, h, block, candidates
+):
   v, row, col, mask = _rotated(x_ref, rows, cols, shape, h)
   v = jnp.where(mask, v, 0.0)
   nr, nc = rows // block, cols // block
-  absmax, ok = finite_absmax(v.reshape(nr, block, nc, block), axis=(1, 3))
   grid = NumberGrid.int4()
-  scale, inverse = tile_scale(absmax, ok, grid.qmax)
-  inverse = L.expand_cols(L.expand_rows(inverse, block), block)
-  codes = L.tile_codes(
-    v, inverse, inverse <= F32_MAX, row, col, shape[1], None, grid
-  )
+  if len(candidates) > 1:
+    codes, scale = searched_block_quantize(v, block, candidates, grid.qmax)
+  else:
+    absmax, ok = finite_absmax(v.reshape(nr, block, nc, block), axis=(1, 3))
+    scale, inverse = tile_scale(absmax, ok, grid.qmax)
+    inverse = L.expand_cols(L.expand_rows(inverse, block), block)
+    codes = L.tile_codes(
+      v, inverse, inverse <= F32_MAX, row, col, shape[1], None, grid
+    )
   L.store(q_ref, pack_pairs(codes), _packed_mask(rows, cols, shape))
   i, j = pl.program_id(1), pl.program_id(2)
   s_rows = i * nr + jax.lax.broadcasted_iota(jnp.int32, (nr, 1), 0)
@@ -175,9 +186,12 @@ def _lsq_call(x, inverse, *, hadamard_block, config, interpret):
 
 
 @functools.partial(
-  jax.jit, static_argnames=("hadamard_block", "block", "config", "interpret")
-)
-def _blocks_call(x, *, hadamard_block, block, config, interpret):
+  jax.jit,
+  static_argnames=(
+    "hadamard_block", "block", "candidates", "config", "interpret"
+  ),
+)  # fmt: skip
+def _blocks_call(x, *, hadamard_block, block, candidates, config, interpret):
   rows, cols = _program_tile(config, hadamard_block, block)
   grid, tile, packed = _specs(x.shape, rows, cols)
   scales = tiles.scale_shape(x.shape, (block, block))
@@ -189,6 +203,7 @@ def _blocks_call(x, *, hadamard_block, block, config, interpret):
       shape=x.shape,
       h=hadamard_block,
       block=block,
+      candidates=candidates,
     ),
     grid=grid,
     in_specs=[tile],
@@ -280,16 +295,20 @@ def hadamard_quantize_blocks(
   *,
   hadamard_block: int,
   block: int,
+  clip_candidates: tuple[float, ...] = (1.0,),
   interpret: bool | None = None,
   config: HadamardQuantizeConfig = DEFAULT_CONFIG,
 ) -> tuple[Array, Array]:
   """(packed codes uint8 (B, R, K/2), f32 scales (B, cdiv(R, S), cdiv(K, S)))
-  of ``x H`` quantized in absmax ``block`` x ``block`` squares."""
+  of ``x H`` quantized in absmax ``block`` x ``block`` squares (with a
+  per-block clip search over ``clip_candidates`` when there are several)."""
   _check(x, hadamard_block, block)
+  check_clip_candidates(clip_candidates)
   return _blocks_call(
     x,
     hadamard_block=hadamard_block,
     block=block,
+    candidates=clip_candidates,
     config=config,
     interpret=resolve_interpret(interpret),
   )
@@ -303,9 +322,22 @@ def hadamard_quantize_lsq_reference(x, step, *, hadamard_block):
   return pack_int4(q), pack_int4(d)
 
 
-def hadamard_quantize_blocks_reference(x, *, hadamard_block, block):
+def hadamard_quantize_blocks_reference(
+  x, *, hadamard_block, block, clip_candidates=(1.0,)
+):
   """Twin of :func:`hadamard_quantize_blocks` in plain jnp."""
   _check(x, hadamard_block, block)
+  check_clip_candidates(clip_candidates)
   v = block_hadamard(x, hadamard_block)
-  q, s = quantize_array(v, None, grid=NumberGrid.int4(), tile=(block, block))
-  return pack_int4(q), s
+  grid = NumberGrid.int4()
+  if len(clip_candidates) == 1:
+    q, s = quantize_array(v, None, grid=grid, tile=(block, block))
+    return pack_int4(q), s
+  b, r, k = v.shape
+  rp, kp = -(-r // block) * block, -(-k // block) * block
+  padded = jnp.pad(v, ((0, 0), (0, rp - r), (0, kp - k)))
+  q, s = searched_block_quantize(
+    padded.reshape(b * rp, kp), block, clip_candidates, grid.qmax
+  )
+  q = q.reshape(b, rp, kp)[:, :r, :k]
+  return pack_int4(q), s.reshape(b, rp // block, kp // block)

@@ -35,6 +35,7 @@ from typing import Literal
 from lowprec_jax.formats._format import Int4
 from pallas_kernels import tiles
 from pallas_kernels.bit_split import check_split
+from pallas_kernels.clip_search import check_clip_candidates
 from pallas_kernels.hadamard import HADAMARD_BLOCKS, check_hadamard_block
 
 SCALES = ("lsq", "absmax")
@@ -59,6 +60,10 @@ class Int4Config:
       :class:`lowprec_jax.nn.LsqStep` is kept). The paper initialises once,
       for fine-tuning; from scratch the weights grow several-fold and a
       step learned by Adam in log scale lags behind (see the README).
+    clip_candidates: for "absmax" blocks, the fractions of each block's
+      maximum its scale may clip to, chosen per block by the smallest
+      squared error (:mod:`pallas_kernels.clip_search`); ``(1.0,)`` is plain
+      absmax.
     split: "faithful" or "full" (:mod:`pallas_kernels.bit_split`).
     sampling: "leverage" (static-size leverage-score sampling of the split
       rows) or "all" (every row: one INT8 GEMM on ``14 hi + lo``, the
@@ -70,6 +75,7 @@ class Int4Config:
   block: int | None = None
   hadamard_blocks: tuple[int, ...] = HADAMARD_BLOCKS
   rechoose_every: int = 0
+  clip_candidates: tuple[float, ...] = (1.0,)
   split: Literal["faithful", "full"] = "faithful"
   sampling: Literal["leverage", "all"] = "leverage"
 
@@ -96,6 +102,13 @@ class Int4Config:
       raise ValueError(
         "Int4Config.rechoose_every must be an int >= 0, got "
         f"{self.rechoose_every!r}"
+      )
+    check_clip_candidates(self.clip_candidates, "Int4Config.clip_candidates")
+    if len(self.clip_candidates) > 1 and self.block is None:
+      raise ValueError(
+        "Int4Config.clip_candidates searches a scale per S x S block: it "
+        "needs scale='absmax' and a block, got scale="
+        f"{self.scale!r}, block={self.block!r}"
       )
     check_split(self.split)
     if self.sampling not in SAMPLINGS:

@@ -50,6 +50,7 @@ from pallas_kernels.bit_split import bit_split, combined_codes
 from pallas_kernels.hadamard import block_hadamard
 from pallas_kernels.hadamard_quantize import (
   hadamard_quantize_blocks,
+  hadamard_quantize_blocks_reference,
   hadamard_quantize_lsq,
   hadamard_rotate,
 )
@@ -177,13 +178,20 @@ class Int4Xla(Int4Implementation):
     return block_hadamard(x, block).astype(out_dtype)
 
   def _rotate_quantize(self, x, block, step, config):
-    v = block_hadamard(x, block)
     fmt = Int4()
     if config.scale == "lsq":
-      q, d = lsq_quantize(v, step)
+      q, d = lsq_quantize(block_hadamard(x, block), step)
       return _lsq_operand(fmt.pack(q), fmt.pack(d), step)
-    qt = quantize(v, config.format)
-    return _operand(qt.qvalue, qt.scale, config.format.tile), None
+    if config.block is None:  # per-tensor absmax
+      qt = quantize(block_hadamard(x, block), config.format)
+      return _operand(qt.qvalue, qt.scale, config.format.tile), None
+    q, s = hadamard_quantize_blocks_reference(
+      x,
+      hadamard_block=block,
+      block=config.block,
+      clip_candidates=config.clip_candidates,
+    )
+    return _operand(q, s, config.format.tile), None
 
   def split(self, g, sigma, seed, split, parts):
     row, col = tiles.element_coordinates(g.shape)
@@ -225,7 +233,12 @@ class Int4Pallas(Int4Implementation):
     if config.scale == "lsq":
       q, d = hadamard_quantize_lsq(x, step, hadamard_block=block)
       return _lsq_operand(q, d, step)
-    q, s = hadamard_quantize_blocks(x, hadamard_block=block, block=config.block)
+    q, s = hadamard_quantize_blocks(
+      x,
+      hadamard_block=block,
+      block=config.block,
+      clip_candidates=config.clip_candidates,
+    )
     return _operand(q, s, config.format.tile), None
 
   def split(self, g, sigma, seed, split, parts):

@@ -203,8 +203,13 @@ IMPLEMENTATION_CONFIGS = {
   "int4_hq": int4_hq(),  # LSQ, faithful split, leverage sampling
   "int4_hq_b32": int4_hq_b32(),  # 32 x 32 blocks, full split, every row
   "lsq_all_rows": Int4Config(name="lsq_all", sampling="all"),
-  "blocks_16": Int4Config(
-    name="b16", scale="absmax", block=16, split="full", sampling="all"
+  "blocks_16_clip_search": Int4Config(
+    name="b16c",
+    scale="absmax",
+    block=16,
+    clip_candidates=(1.0, 0.9, 0.8, 0.7),
+    split="full",
+    sampling="all",
   ),
 }
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import hadamard_quantize as H
+from pallas_kernels.clip_search import CLIP_CANDIDATES
 from pallas_kernels.hadamard import block_hadamard
 
 CASES = [  # (shape, hadamard block, scale block, dtype)
@@ -38,6 +39,18 @@ def test_blocks_match_the_reference(shape, h, block, dtype):
   assert q.shape == (*shape[:2], shape[2] // 2) and q.dtype == jnp.uint8
   np.testing.assert_array_equal(np.asarray(q), np.asarray(q_ref))
   np.testing.assert_array_equal(np.asarray(s), np.asarray(s_ref))
+
+
+@pytest.mark.parametrize("shape, h, block, dtype", CASES[::3], ids=str)
+def test_clip_search_matches_the_reference(shape, h, block, dtype):
+  x = _x(shape, dtype, seed=3)
+  kw = dict(hadamard_block=h, block=block, clip_candidates=CLIP_CANDIDATES)
+  q, s = H.hadamard_quantize_blocks(x, **kw)
+  q_ref, s_ref = H.hadamard_quantize_blocks_reference(x, **kw)
+  np.testing.assert_array_equal(np.asarray(q), np.asarray(q_ref))
+  np.testing.assert_array_equal(np.asarray(s), np.asarray(s_ref))
+  plain = H.hadamard_quantize_blocks_reference(x, hadamard_block=h, block=block)
+  assert not np.array_equal(np.asarray(s), np.asarray(plain[1]))  # it searched
 
 
 @pytest.mark.parametrize("shape, h, block, dtype", CASES[:3], ids=str)

@@ -28,6 +28,7 @@ from pallas_kernels import quantize as Q
 from pallas_kernels import split_quantize as SQ
 from pallas_kernels import tiles
 from pallas_kernels.backend import cuda_lowering
+from pallas_kernels.clip_search import CLIP_CANDIDATES
 from tests.pallas_kernels.kernel_support import fp8_scale_shape
 
 B, M, N, K = 2, 200, 136, 328
@@ -151,10 +152,15 @@ def test_int4_matmul(tile, a_storage, b_storage):
 
 
 @pytest.mark.parametrize("hadamard_block", [1, 2, 128, 1024])
-@pytest.mark.parametrize("block", [None, 16, 32])
-def test_hadamard_quantize(hadamard_block, block):
+@pytest.mark.parametrize("block, clip", [(None, 1), (16, 1), (32, 1), (16, 4)])
+def test_hadamard_quantize(hadamard_block, block, clip):
   x = S((B, M, 2048), jnp.bfloat16)
-  if block is None:
+  if clip > 1:
+    _assert_lowers(
+      HQ.hadamard_quantize_blocks, x, hadamard_block=hadamard_block,
+      block=block, clip_candidates=CLIP_CANDIDATES[:clip],
+    )  # fmt: skip
+  elif block is None:
     _assert_lowers(
       HQ.hadamard_quantize_lsq, x, S(()), hadamard_block=hadamard_block
     )
