@@ -81,9 +81,15 @@ class HadamardQuantizeConfig:
 DEFAULT_CONFIG = HadamardQuantizeConfig()
 
 
-def _check(x, hadamard_block: int, block: int | None = None) -> None:
+def _logical(x, transposed: bool) -> tuple[int, int, int]:
+  """(B, R, K) of x stored as (B, R, K), or (B, K, R) when ``transposed``."""
+  b, r, k = x.shape
+  return (b, k, r) if transposed else (b, r, k)
+
+
+def _check(x, hadamard_block: int, block=None, transposed=False) -> None:
   C.check_array("x", x, C.FLOAT_DTYPES)
-  k = x.shape[2]
+  k = _logical(x, transposed)[2]
   if k % 2:
     raise ValueError(
       f"x has shape {x.shape}: INT4 codes are packed two per byte along K, "
@@ -97,10 +103,15 @@ def _check(x, hadamard_block: int, block: int | None = None) -> None:
     )
 
 
-def _rotated(x_ref, rows, cols, shape, hadamard_block):
-  """(v = x H for this program's tile in f32, row, col, in-range mask)."""
+def _rotated(x_ref, rows, cols, shape, hadamard_block, transposed=False):
+  """(v = x H for this program's tile in f32, row, col, in-range mask);
+  ``shape`` is the logical (B, R, K), x's tile is stored transposed when
+  ``transposed`` (transposed back in registers)."""
   row, col, mask = L.tile_coordinates(rows, cols, shape)
-  v = L.load(x_ref, mask).astype(jnp.float32)
+  if transposed:
+    v = L.load(x_ref, mask.T).astype(jnp.float32).T
+  else:
+    v = L.load(x_ref, mask).astype(jnp.float32)
   if hadamard_block > 1:
     v = butterflies(v, hadamard_block) * normalisation(hadamard_block)
   return v, row, col, mask
@@ -114,8 +125,8 @@ def _packed_mask(rows, cols, shape):
   return (row < shape[1]) & (col < shape[2] // 2)
 
 
-def _lsq_kernel(x_ref, inv_ref, q_ref, d_ref, *, rows, cols, shape, h):
-  v, _, _, _ = _rotated(x_ref, rows, cols, shape, h)
+def _lsq_kernel(x_ref, inv_ref, q_ref, d_ref, *, rows, cols, shape, h, t):
+  v, _, _, _ = _rotated(x_ref, rows, cols, shape, h, t)
   q, d = lsq_codes(v * inv_ref[...])
   mask = _packed_mask(rows, cols, shape)
   L.store(q_ref, pack_pairs(q), mask)
@@ -123,9 +134,9 @@ def _lsq_kernel(x_ref, inv_ref, q_ref, d_ref, *, rows, cols, shape, h):
 
 
 def _blocks_kernel(
-  x_ref, q_ref, s_ref, *, rows, cols, shape, h, block, candidates
+  x_ref, q_ref, s_ref, *, rows, cols, shape, h, t, block, candidates
 ):
-  v, row, col, mask = _rotated(x_ref, rows, cols, shape, h)
+  v, row, col, mask = _rotated(x_ref, rows, cols, shape, h, t)
   v = jnp.where(mask, v, 0.0)
   nr, nc = rows // block, cols // block
   grid = NumberGrid.int4()
@@ -146,9 +157,12 @@ def _blocks_kernel(
   L.store(s_ref, scale, in_range)
 
 
-def _rotate_kernel(x_ref, out_ref, *, rows, cols, shape, h):
+def _rotate_kernel(x_ref, out_ref, *, rows, cols, shape, h, t_out):
   v, _, _, mask = _rotated(x_ref, rows, cols, shape, h)
-  L.store(out_ref, v, mask)
+  if t_out:
+    L.store(out_ref, v.T, mask.T)
+  else:
+    L.store(out_ref, v, mask)
 
 
 def _program_tile(config, hadamard_block, block):
@@ -156,24 +170,40 @@ def _program_tile(config, hadamard_block, block):
   return max(config.rows, side), max(config.cols, hadamard_block, side)
 
 
-def _specs(shape, rows, cols):
+def _tile_spec(rows, cols, transposed) -> pl.BlockSpec:
+  """This program's (rows, cols) tile of a (B, R, K) array, or its (cols,
+  rows) tile of the (B, K, R) array stored transposed."""
+  if transposed:
+    return pl.BlockSpec((None, cols, rows), lambda b, i, j: (b, j, i))
+  return pl.BlockSpec((None, rows, cols), lambda b, i, j: (b, i, j))
+
+
+def _specs(shape, rows, cols, transposed=False):
+  """(grid, x's tile spec, the packed codes' spec) over logical ``shape``."""
   b, r, k = shape
   grid = (b, cdiv(r, rows), cdiv(k, cols))
-  tile = pl.BlockSpec((None, rows, cols), lambda b, i, j: (b, i, j))
+  tile = _tile_spec(rows, cols, transposed)
   packed = pl.BlockSpec((None, rows, cols // 2), lambda b, i, j: (b, i, j))
   return grid, tile, packed
 
 
 @functools.partial(
-  jax.jit, static_argnames=("hadamard_block", "config", "interpret")
+  jax.jit,
+  static_argnames=("hadamard_block", "transposed", "config", "interpret"),
 )
-def _lsq_call(x, inverse, *, hadamard_block, config, interpret):
+def _lsq_call(x, inverse, *, hadamard_block, transposed, config, interpret):
+  shape = _logical(x, transposed)
   rows, cols = _program_tile(config, hadamard_block, None)
-  grid, tile, packed = _specs(x.shape, rows, cols)
-  out = L.out_struct((*x.shape[:2], x.shape[2] // 2), np.uint8)
+  grid, tile, packed = _specs(shape, rows, cols, transposed)
+  out = L.out_struct((*shape[:2], shape[2] // 2), np.uint8)
   return L.call(
     functools.partial(
-      _lsq_kernel, rows=rows, cols=cols, shape=x.shape, h=hadamard_block
+      _lsq_kernel,
+      rows=rows,
+      cols=cols,
+      shape=shape,
+      h=hadamard_block,
+      t=transposed,
     ),
     grid=grid,
     in_specs=[tile, pl.BlockSpec((1, 1), lambda b, i, j: (0, 0))],
@@ -188,27 +218,32 @@ def _lsq_call(x, inverse, *, hadamard_block, config, interpret):
 @functools.partial(
   jax.jit,
   static_argnames=(
-    "hadamard_block", "block", "candidates", "config", "interpret"
+    "hadamard_block", "block", "candidates", "transposed", "config",
+    "interpret",
   ),
 )  # fmt: skip
-def _blocks_call(x, *, hadamard_block, block, candidates, config, interpret):
+def _blocks_call(
+  x, *, hadamard_block, block, candidates, transposed, config, interpret
+):
+  shape = _logical(x, transposed)
   rows, cols = _program_tile(config, hadamard_block, block)
-  grid, tile, packed = _specs(x.shape, rows, cols)
-  scales = tiles.scale_shape(x.shape, (block, block))
+  grid, tile, packed = _specs(shape, rows, cols, transposed)
+  scales = tiles.scale_shape(shape, (block, block))
   return L.call(
     functools.partial(
       _blocks_kernel,
       rows=rows,
       cols=cols,
-      shape=x.shape,
+      shape=shape,
       h=hadamard_block,
+      t=transposed,
       block=block,
       candidates=candidates,
     ),
     grid=grid,
     in_specs=[tile],
     outs=[
-      (L.out_struct((*x.shape[:2], x.shape[2] // 2), np.uint8), packed),
+      (L.out_struct((*shape[:2], shape[2] // 2), np.uint8), packed),
       (
         L.out_struct(scales, jnp.float32),
         pl.BlockSpec(
@@ -225,18 +260,34 @@ def _blocks_call(x, *, hadamard_block, block, candidates, config, interpret):
 
 @functools.partial(
   jax.jit,
-  static_argnames=("hadamard_block", "out_dtype", "config", "interpret"),
-)
-def _rotate_call(x, *, hadamard_block, out_dtype, config, interpret):
+  static_argnames=(
+    "hadamard_block", "out_dtype", "transposed_out", "config", "interpret"
+  ),
+)  # fmt: skip
+def _rotate_call(
+  x, *, hadamard_block, out_dtype, transposed_out, config, interpret
+):
   rows, cols = _program_tile(config, hadamard_block, None)
   grid, tile, _ = _specs(x.shape, rows, cols)
+  b, r, k = x.shape
+  out_shape = (b, k, r) if transposed_out else x.shape
   return L.call(
     functools.partial(
-      _rotate_kernel, rows=rows, cols=cols, shape=x.shape, h=hadamard_block
+      _rotate_kernel,
+      rows=rows,
+      cols=cols,
+      shape=x.shape,
+      h=hadamard_block,
+      t_out=transposed_out,
     ),
     grid=grid,
     in_specs=[tile],
-    outs=[(L.out_struct(x.shape, out_dtype), tile)],
+    outs=[
+      (
+        L.out_struct(out_shape, out_dtype),
+        _tile_spec(rows, cols, transposed_out),
+      )
+    ],
     tuning=(config.num_warps, config.num_stages),
     interpret=interpret,
     name="lpj_hadamard_rotate",
@@ -249,17 +300,20 @@ def hadamard_rotate(
   *,
   hadamard_block: int,
   out_dtype,
+  transposed_out: bool = False,
   interpret: bool | None = None,
   config: HadamardQuantizeConfig = DEFAULT_CONFIG,
 ) -> Array:
-  """``x H`` (B, R, K) in ``out_dtype``: :func:`pallas_kernels.hadamard.
-  block_hadamard` cast to ``out_dtype``, bit for bit, in one pass."""
+  """``x H`` of x (B, R, K) in ``out_dtype``: :func:`pallas_kernels.
+  hadamard.block_hadamard` cast to ``out_dtype``, bit for bit, in one pass;
+  written (B, K, R) when ``transposed_out`` (a weight stored (K, N))."""
   C.check_array("x", x, C.FLOAT_DTYPES)
   check_hadamard_block(hadamard_block, x.shape[2], name="hadamard_block")
   return _rotate_call(
     x,
     hadamard_block=hadamard_block,
     out_dtype=C.check_out_dtype(out_dtype),
+    transposed_out=transposed_out,
     config=config,
     interpret=resolve_interpret(interpret),
   )
@@ -270,21 +324,24 @@ def hadamard_quantize_lsq(
   step: Array,
   *,
   hadamard_block: int,
+  transposed: bool = False,
   interpret: bool | None = None,
   config: HadamardQuantizeConfig = DEFAULT_CONFIG,
 ) -> tuple[Array, Array]:
   """(packed codes, packed derivative codes), uint8 (B, R, K/2), of
   ``x H`` quantized with the learned step ``step`` (a float scalar, used as
-  ``|step|``).
+  ``|step|``); x is (B, R, K), or stored (B, K, R) when ``transposed`` (a
+  weight stored (K, N), read without a transposed copy).
 
   Raises ValueError for x not a 3-D float array, odd K, or a Hadamard block
   that is not a power of two dividing K.
   """
-  _check(x, hadamard_block)
+  _check(x, hadamard_block, transposed=transposed)
   return _lsq_call(
     x,
     lsq_reciprocal(jnp.asarray(step)),
     hadamard_block=hadamard_block,
+    transposed=transposed,
     config=config,
     interpret=resolve_interpret(interpret),
   )
@@ -296,39 +353,44 @@ def hadamard_quantize_blocks(
   hadamard_block: int,
   block: int,
   clip_candidates: tuple[float, ...] = (1.0,),
+  transposed: bool = False,
   interpret: bool | None = None,
   config: HadamardQuantizeConfig = DEFAULT_CONFIG,
 ) -> tuple[Array, Array]:
   """(packed codes uint8 (B, R, K/2), f32 scales (B, cdiv(R, S), cdiv(K, S)))
   of ``x H`` quantized in absmax ``block`` x ``block`` squares (with a
-  per-block clip search over ``clip_candidates`` when there are several)."""
-  _check(x, hadamard_block, block)
+  per-block clip search over ``clip_candidates`` when there are several);
+  x stored (B, K, R) when ``transposed``."""
+  _check(x, hadamard_block, block, transposed)
   check_clip_candidates(clip_candidates)
   return _blocks_call(
     x,
     hadamard_block=hadamard_block,
     block=block,
     candidates=clip_candidates,
+    transposed=transposed,
     config=config,
     interpret=resolve_interpret(interpret),
   )
 
 
-def hadamard_quantize_lsq_reference(x, step, *, hadamard_block):
+def hadamard_quantize_lsq_reference(
+  x, step, *, hadamard_block, transposed=False
+):
   """Twin of :func:`hadamard_quantize_lsq` in plain jnp."""
-  _check(x, hadamard_block)
-  v = block_hadamard(x, hadamard_block)
+  _check(x, hadamard_block, transposed=transposed)
+  v = block_hadamard(x.mT if transposed else x, hadamard_block)
   q, d = lsq_codes(v * lsq_reciprocal(jnp.asarray(step)))
   return pack_int4(q), pack_int4(d)
 
 
 def hadamard_quantize_blocks_reference(
-  x, *, hadamard_block, block, clip_candidates=(1.0,)
+  x, *, hadamard_block, block, clip_candidates=(1.0,), transposed=False
 ):
   """Twin of :func:`hadamard_quantize_blocks` in plain jnp."""
-  _check(x, hadamard_block, block)
+  _check(x, hadamard_block, block, transposed)
   check_clip_candidates(clip_candidates)
-  v = block_hadamard(x, hadamard_block)
+  v = block_hadamard(x.mT if transposed else x, hadamard_block)
   grid = NumberGrid.int4()
   if len(clip_candidates) == 1:
     q, s = quantize_array(v, None, grid=grid, tile=(block, block))

@@ -89,6 +89,7 @@ class _Plan:
   rhs_dtype: np.dtype
   out_dtype: np.dtype
   implementation: Int4Implementation
+  rhs_kn: bool  # w arrives (B, K, N): read and written so, never copied
 
 
 def _rotate(x: Array, index: Array, candidates) -> Array:
@@ -158,7 +159,9 @@ def _gemm(role, plan, formats, a: GemmOperand, b: GemmOperand, out_dtype):
 def _forward(x3, w3, steps, index, plan: _Plan):
   cfg, impl = plan.config, plan.implementation
   a, a_d = impl.rotate_quantize(x3, index, plan.candidates, steps[0], cfg)
-  b, b_d = impl.rotate_quantize(w3, index, plan.candidates, steps[1], cfg)
+  b, b_d = impl.rotate_quantize(
+    w3, index, plan.candidates, steps[1], cfg, transposed=plan.rhs_kn
+  )
   name = cfg.operand_name
   out = _gemm("fwd", plan, (name, name), a, b, plan.out_dtype)
   return out, (a, a_d, b, b_d)
@@ -310,7 +313,9 @@ def _int4_qdot_bwd(plan: _Plan, res, g):
     d_steps = jnp.stack([dstep_x, dstep_w]) * jnp.sign(steps)  # of |step|
   impl = plan.implementation
   dx = impl.rotate(dv_x, index, plan.candidates, plan.lhs_dtype)
-  dw = impl.rotate(dv_w, index, plan.candidates, plan.rhs_dtype)
+  dw = impl.rotate(
+    dv_w, index, plan.candidates, plan.rhs_dtype, transposed_out=plan.rhs_kn
+  )
   return dx, dw, d_steps, None, None
 
 
@@ -392,11 +397,11 @@ def int4_dot_general(
   if 0 in layout.bmnk:
     return jnp.zeros(layout.out_shape, out_dtype)
   x3 = layout.lhs(lhs)
-  w3 = layout.rhs(rhs)
-  if layout.rhs_kn:
-    w3 = jnp.swapaxes(w3, 1, 2)  # (B, N, K): K-major, as the kernels read it
+  w3 = layout.rhs(rhs)  # (B, N, K), or (B, K, N) when layout.rhs_kn
   if block_index is None:
-    block_index = choose_block(x3, w3, config)
+    block_index = choose_block(
+      x3, jnp.swapaxes(w3, 1, 2) if layout.rhs_kn else w3, config
+    )
   block_index = jnp.asarray(block_index, jnp.int32)
   if config.scale == "lsq":
     if steps is None:
@@ -421,6 +426,7 @@ def int4_dot_general(
     rhs_dtype=np.dtype(rhs.dtype),
     out_dtype=out_dtype,
     implementation=impl,
+    rhs_kn=layout.rhs_kn,
   )
   out3 = _int4_qdot(x3, w3, steps, block_index, seed, plan)
   return layout.out(out3)

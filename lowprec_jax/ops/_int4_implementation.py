@@ -111,29 +111,36 @@ class Int4Implementation(Implementation):
     return None
 
   def rotate_quantize(
-    self, x: Array, index: Array, candidates, step: Array, config
+    self, x: Array, index: Array, candidates, step, config, transposed=False
   ) -> tuple[GemmOperand, Array | None]:
     """(packed operand of ``x H``, packed LSQ derivative codes or None),
-    with H the Hadamard block ``candidates[index]``."""
+    with H the Hadamard block ``candidates[index]``; x (B, R, K), or stored
+    (B, K, R) when ``transposed`` (a weight stored (K, N))."""
     return switch_on_block(
       index,
       candidates,
-      lambda block, v: self._rotate_quantize(v, block, step, config),
+      lambda b, v: self._rotate_quantize(v, b, step, config, transposed),
       x,
     )
 
-  def rotate(self, x: Array, index: Array, candidates, out_dtype) -> Array:
-    """``x H`` in ``out_dtype`` (the backward's ``H^T = H``)."""
+  def rotate(
+    self, x: Array, index: Array, candidates, out_dtype, transposed_out=False
+  ) -> Array:
+    """``x H`` in ``out_dtype`` (the backward's ``H^T = H``), written
+    (B, K, R) when ``transposed_out``."""
     return switch_on_block(
-      index, candidates, lambda b, v: self._rotate(v, b, out_dtype), x
+      index,
+      candidates,
+      lambda b, v: self._rotate(v, b, out_dtype, transposed_out),
+      x,
     )
 
   @abc.abstractmethod
-  def _rotate(self, x: Array, block: int, out_dtype) -> Array:
+  def _rotate(self, x: Array, block: int, out_dtype, transposed_out):
     """:meth:`rotate` for a static Hadamard block."""
 
   @abc.abstractmethod
-  def _rotate_quantize(self, x, block: int, step, config: Int4Config):
+  def _rotate_quantize(self, x, block: int, step, config, transposed):
     """:meth:`rotate_quantize` for a static Hadamard block."""
 
   @abc.abstractmethod
@@ -174,10 +181,13 @@ class Int4Xla(Int4Implementation):
 
   name: str = "xla"
 
-  def _rotate(self, x, block, out_dtype):
-    return block_hadamard(x, block).astype(out_dtype)
+  def _rotate(self, x, block, out_dtype, transposed_out):
+    out = block_hadamard(x, block).astype(out_dtype)
+    return out.mT if transposed_out else out
 
-  def _rotate_quantize(self, x, block, step, config):
+  def _rotate_quantize(self, x, block, step, config, transposed):
+    if transposed:
+      x = x.mT
     fmt = Int4()
     if config.scale == "lsq":
       q, d = lsq_quantize(block_hadamard(x, block), step)
@@ -226,18 +236,26 @@ class Int4Pallas(Int4Implementation):
     layout = Int4Operand(request.format.tile)
     return gemm_unsupported_reason(layout, layout)
 
-  def _rotate(self, x, block, out_dtype):
-    return hadamard_rotate(x, hadamard_block=block, out_dtype=out_dtype)
+  def _rotate(self, x, block, out_dtype, transposed_out):
+    return hadamard_rotate(
+      x,
+      hadamard_block=block,
+      out_dtype=out_dtype,
+      transposed_out=transposed_out,
+    )
 
-  def _rotate_quantize(self, x, block, step, config):
+  def _rotate_quantize(self, x, block, step, config, transposed):
     if config.scale == "lsq":
-      q, d = hadamard_quantize_lsq(x, step, hadamard_block=block)
+      q, d = hadamard_quantize_lsq(
+        x, step, hadamard_block=block, transposed=transposed
+      )
       return _lsq_operand(q, d, step)
     q, s = hadamard_quantize_blocks(
       x,
       hadamard_block=block,
       block=config.block,
       clip_candidates=config.clip_candidates,
+      transposed=transposed,
     )
     return _operand(q, s, config.format.tile), None
 

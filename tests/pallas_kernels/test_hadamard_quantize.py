@@ -102,3 +102,27 @@ def test_rotate_matches_the_reference(shape, h, out_dtype):
   ref = block_hadamard(x, h).astype(out_dtype)
   assert out.dtype == out_dtype
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
+def test_transposed_storage():
+  """A weight stored (K, N) is read as it lies (blocks, clip search, LSQ),
+  and the backward's rotation writes (K, N): the same bits as transposing
+  in memory first."""
+  w_kn = _x((2, 96, 40), jnp.float32, seed=4)  # (B, K, N)
+  for kw in (dict(block=32), dict(block=16, clip_candidates=CLIP_CANDIDATES)):
+    ours = H.hadamard_quantize_blocks(
+      w_kn, hadamard_block=32, transposed=True, **kw
+    )
+    ref = H.hadamard_quantize_blocks_reference(w_kn.mT, hadamard_block=32, **kw)
+    for a, b in zip(ours, ref, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  ours = H.hadamard_quantize_lsq(w_kn, 0.3, hadamard_block=8, transposed=True)
+  ref = H.hadamard_quantize_lsq_reference(w_kn.mT, 0.3, hadamard_block=8)
+  for a, b in zip(ours, ref, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  dv = _x((2, 40, 96), jnp.float32, seed=5)
+  out = H.hadamard_rotate(
+    dv, hadamard_block=32, out_dtype=jnp.bfloat16, transposed_out=True
+  )
+  ref = block_hadamard(dv, 32).astype(jnp.bfloat16).mT
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))

@@ -181,9 +181,24 @@ def test_split_quantize(split, parts):
 
 
 @pytest.mark.parametrize("hadamard_block", [2, 128, 1024])
-def test_hadamard_rotate(hadamard_block):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_hadamard_rotate(hadamard_block, transposed):
   x = S((B, M, 2048))
   _assert_lowers(
     HQ.hadamard_rotate, x, hadamard_block=hadamard_block,
-    out_dtype=jnp.bfloat16,
+    out_dtype=jnp.bfloat16, transposed_out=transposed,
   )  # fmt: skip
+
+
+@pytest.mark.parametrize("block", [None, 32])
+def test_hadamard_quantize_transposed(block):
+  w = S((B, 2048, N), jnp.bfloat16)  # (B, K, N)
+  if block is None:
+    _assert_lowers(
+      HQ.hadamard_quantize_lsq, w, S(()), hadamard_block=128, transposed=True
+    )
+  else:
+    _assert_lowers(
+      HQ.hadamard_quantize_blocks, w, hadamard_block=128, block=block,
+      transposed=True,
+    )  # fmt: skip
