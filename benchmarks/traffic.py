@@ -89,8 +89,8 @@ EXTRA_BYTES_BOUND = {
   "fp8_block": 1.2e9,
   "jetfire_int8_b128": 0.72e9,
   "jetfire_int8": 0.78e9,
-  "int4_hq": 3.3e9,
-  "int4_hq_b32": 1.6e9,
+  "int4_hq": 2.95e9,
+  "int4_hq_b32": 1.25e9,
 }
 _BYTES = {
   "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2,
