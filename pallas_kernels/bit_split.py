@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from pallas_kernels import tiles
 from pallas_kernels.numerics import (
   divided_reciprocal,
   finite_absmax,
@@ -59,14 +60,30 @@ def check_split(split) -> None:
     raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
 
 
-def split_sigma(g: Array, split: str = "faithful") -> Array:
-  """``sigma = top / max |g|`` (f32 scalar; 1 for all zeros, NaN for NaN/inf)."""
+def sigma_from_absmax(
+  absmax: Array, ok: Array, split: str, reciprocal=divided_reciprocal
+) -> Array:
+  """``top / absmax`` (1 where the maximum is 0, NaN where ``ok`` is False);
+  ``reciprocal``: :func:`~pallas_kernels.numerics.divided_reciprocal` in XLA,
+  :func:`~pallas_kernels.numerics.reciprocal_rn` inside portable kernels
+  (the same bits)."""
   check_split(split)
   top = SPLITS[split][0]
-  absmax, ok = finite_absmax(g.astype(jnp.float32))
-  sigma = jnp.float32(top) * divided_reciprocal(jnp.maximum(absmax, 2.0**-126))
+  sigma = jnp.float32(top) * reciprocal(jnp.maximum(absmax, 2.0**-126))
   sigma = jnp.where(absmax == 0, 1.0, sigma)
   return jnp.where(ok, sigma, jnp.float32(jnp.nan))
+
+
+def split_sigma(g: Array, split: str = "faithful", block=None) -> Array:
+  """``sigma = top / max |g|``: an f32 scalar (per tensor), or with
+  ``block`` one per ``block`` x ``block`` square of the last two axes
+  (shaped like their scale grid); 1 for all zeros, NaN for NaN/inf."""
+  g = g.astype(jnp.float32)
+  if block is None:
+    absmax, ok = finite_absmax(g)
+  else:
+    absmax, ok = tiles.tile_absmax(g, (block, block))
+  return sigma_from_absmax(absmax, ok, split)
 
 
 def bit_split(
@@ -79,7 +96,8 @@ def bit_split(
     u: uniforms in [0, 1) of g's shape (e.g.
       ``numerics.uniform_from_bits(random_bits(seed, row, col))``).
     split: "faithful" or "full" (module docstring).
-    sigma: the scale (default: :func:`split_sigma` of ``g``, per tensor).
+    sigma: the scale, broadcastable to g (default: :func:`split_sigma` of
+      ``g``, per tensor).
   """
   check_split(split)
   top, hi_bound, lo_bound = SPLITS[split]

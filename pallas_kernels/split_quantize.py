@@ -17,6 +17,11 @@ stochastic-rounding counters of every quantizer), and writes
   leverage scores' factors (:func:`lowprec_jax.ops._leverage.row_norms` of
   the same integer rows gives the same bits).
 
+:func:`split_quantize_blocks` splits with a ``sigma`` per S x S block of g
+instead, computed in the kernel from the block's maximum (no separate pass
+over g), and writes ``c`` and the (B, M/S, N/S) sigmas: a token whose
+gradient is small keeps its resolution however large another token's is.
+
 :func:`split_quantize_reference` is the plain-jnp twin.
 """
 
@@ -31,6 +36,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels import _layout as L
 from pallas_kernels import checks as C
+from pallas_kernels import tiles
 from pallas_kernels._common import cdiv
 from pallas_kernels.backend import resolve_interpret
 from pallas_kernels.bit_split import (
@@ -38,8 +44,15 @@ from pallas_kernels.bit_split import (
   bit_split,
   check_split,
   combined_codes,
+  sigma_from_absmax,
+  split_sigma,
 )
-from pallas_kernels.numerics import random_bits, uniform_from_bits
+from pallas_kernels.numerics import (
+  finite_absmax,
+  random_bits,
+  reciprocal_rn,
+  uniform_from_bits,
+)
 from pallas_kernels.tiles import element_coordinates
 
 
@@ -157,6 +170,100 @@ def split_quantize(
     return outs[0]
   hi, lo, hi_sq, lo_sq = outs
   return hi, lo, jnp.sum(hi_sq, axis=2), jnp.sum(lo_sq, axis=2)
+
+
+def _blocks_kernel(
+  g_ref, seed_ref, c_ref, s_ref, *, split, block, rows, cols, shape
+):
+  row, col, mask = L.tile_coordinates(rows, cols, shape)
+  g = jnp.where(mask, L.load(g_ref, mask).astype(jnp.float32), 0.0)
+  nr, nc = rows // block, cols // block
+  absmax, ok = finite_absmax(g.reshape(nr, block, nc, block), axis=(1, 3))
+  sigma = sigma_from_absmax(absmax, ok, split, reciprocal=reciprocal_rn)
+  hashed_row, hashed_col = L.hash_coordinates(row, col, shape[1])
+  u = uniform_from_bits(random_bits(seed_ref[0], hashed_row, hashed_col))
+  wide = L.expand_cols(L.expand_rows(sigma, block), block)
+  hi, lo, _ = bit_split(g, u, split, wide)
+  L.store(c_ref, combined_codes(hi, lo), mask)
+  i, j = pl.program_id(1), pl.program_id(2)
+  s_rows = i * nr + jax.lax.broadcasted_iota(jnp.int32, (nr, 1), 0)
+  s_cols = j * nc + jax.lax.broadcasted_iota(jnp.int32, (1, nc), 1)
+  in_range = (s_rows < cdiv(shape[1], block)) & (s_cols < cdiv(shape[2], block))
+  L.store(s_ref, sigma, in_range)
+
+
+@functools.partial(
+  jax.jit, static_argnames=("split", "block", "config", "interpret")
+)
+def _blocks_call(g, seed, *, split, block, config, interpret):
+  b, m, n = g.shape
+  rows, cols = max(config.rows, block), max(config.cols, block)
+  grid = (b, cdiv(m, rows), cdiv(n, cols))
+  tile = pl.BlockSpec((None, rows, cols), lambda b, i, j: (b, i, j))
+  sigmas = tiles.scale_shape(g.shape, (block, block))
+  kernel = functools.partial(
+    _blocks_kernel, split=split, block=block, rows=rows, cols=cols,
+    shape=g.shape,
+  )  # fmt: skip
+  return L.call(
+    kernel,
+    grid=grid,
+    in_specs=[tile, pl.BlockSpec((1,), lambda b, i, j: (0,))],
+    outs=[
+      (L.out_struct(g.shape, np.int8), tile),
+      (
+        L.out_struct(sigmas, jnp.float32),
+        pl.BlockSpec(
+          (None, rows // block, cols // block), lambda b, i, j: (b, i, j)
+        ),
+      ),
+    ],
+    tuning=(config.num_warps, config.num_stages),
+    interpret=interpret,
+    name="lpj_split_quantize_blocks",
+    args=[g, seed.reshape(1)],
+  )
+
+
+def _check_blocks(g, seed, split, block):
+  C.check_array("g", g, C.FLOAT_DTYPES)
+  check_split(split)
+  if block not in tiles.GROUP_SIZES:
+    raise ValueError(f"block must be one of {tiles.GROUP_SIZES}, got {block!r}")
+  return C.as_seed(seed)
+
+
+def split_quantize_blocks(
+  g: Array,
+  seed,
+  *,
+  split: str,
+  block: int,
+  interpret: bool | None = None,
+  config: SplitQuantizeConfig = DEFAULT_CONFIG,
+) -> tuple[Array, Array]:
+  """(``c = 14 hi + lo`` int8 (B, M, N), sigma f32 (B, cdiv(M, S),
+  cdiv(N, S))) of g split with a sigma per ``block`` x ``block`` square."""
+  seed = _check_blocks(g, seed, split, block)
+  return _blocks_call(
+    g,
+    seed,
+    split=split,
+    block=block,
+    config=config,
+    interpret=resolve_interpret(interpret),
+  )
+
+
+def split_quantize_blocks_reference(g, seed, *, split: str, block: int):
+  """Twin of :func:`split_quantize_blocks` in plain jnp."""
+  seed = _check_blocks(g, seed, split, block)
+  sigma = split_sigma(g, split, block)
+  row, col = element_coordinates(g.shape)
+  u = uniform_from_bits(random_bits(seed, row, col))
+  wide = tiles.expand_scale(sigma, (block, block), g.shape)
+  hi, lo, _ = bit_split(g, u, split, wide)
+  return combined_codes(hi, lo), sigma
 
 
 def split_quantize_reference(g, sigma, seed, *, split: str, parts: bool):

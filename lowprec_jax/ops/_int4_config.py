@@ -65,6 +65,10 @@ class Int4Config:
       squared error (:mod:`pallas_kernels.clip_search`); ``(1.0,)`` is plain
       absmax.
     split: "faithful" or "full" (:mod:`pallas_kernels.bit_split`).
+    split_block: None (the paper's per-tensor sigma) or S: a sigma per S x S
+      block of the gradient (needs ``sampling="all"`` and, with block
+      scales, ``block == split_block``): a token whose gradient is small
+      keeps its resolution however large another token's is.
     sampling: "leverage" (static-size leverage-score sampling of the split
       rows) or "all" (every row: one INT8 GEMM on ``14 hi + lo``, the
       released code's keep-every-non-zero-row mode).
@@ -77,6 +81,7 @@ class Int4Config:
   rechoose_every: int = 0
   clip_candidates: tuple[float, ...] = (1.0,)
   split: Literal["faithful", "full"] = "faithful"
+  split_block: int | None = None
   sampling: Literal["leverage", "all"] = "leverage"
 
   def __post_init__(self):
@@ -115,6 +120,23 @@ class Int4Config:
       raise ValueError(
         f"Int4Config.sampling must be one of {SAMPLINGS}, got {self.sampling!r}"
       )
+    if self.split_block is not None:
+      if self.split_block not in tiles.GROUP_SIZES:
+        raise ValueError(
+          f"Int4Config.split_block must be None or one of {tiles.GROUP_SIZES}"
+          f", got {self.split_block!r}"
+        )
+      if self.sampling != "all":
+        raise ValueError(
+          "Int4Config.split_block needs sampling='all' (leverage sampling "
+          "scores rows under one per-tensor sigma)"
+        )
+      if self.block is not None and self.block != self.split_block:
+        raise ValueError(
+          f"Int4Config.split_block={self.split_block} must equal block="
+          f"{self.block}: both backward GEMMs promote the two operands' "
+          "block scales over the same K chunks"
+        )
     if self.sampling == "leverage" and self.block is not None:
       raise ValueError(
         "Int4Config.sampling='leverage' needs per-tensor scales (block=None): "
@@ -146,7 +168,10 @@ class Int4Config:
   @property
   def gradient_name(self) -> str:
     """The gradient operand's name in the census."""
-    return f"int4x2_{self.split}_{self.sampling}"
+    name = f"int4x2_{self.split}_{self.sampling}"
+    if self.split_block is not None:
+      name += f"_{self.split_block}x{self.split_block}"
+    return name
 
   def describe(self) -> str:
     return (

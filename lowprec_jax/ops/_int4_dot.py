@@ -69,6 +69,7 @@ from pallas_kernels import tiles
 from pallas_kernels.bit_split import split_sigma
 from pallas_kernels.checks import as_seed, check_float_array
 from pallas_kernels.hadamard import block_hadamard
+from pallas_kernels.int4_matmul import Int4Operand
 from pallas_kernels.numerics import (
   NumberGrid,
   derive_seed,
@@ -199,10 +200,9 @@ def _uniforms(seed, salt, shape) -> Array:
   return uniform_from_bits(random_bits(derive_seed(seed, salt), row, col))
 
 
-def _backward_all(g_formats, plan, c, inv_sigma, a, b):
+def _backward_all(g_formats, plan, c: GemmOperand, a, b):
   """dv_x, dv_w from one INT8 GEMM each on c = 14 hi + lo (B, M, N); the
   saved operands are read transposed where they are stored."""
-  c = per_tensor(c, inv_sigma)
   dv_x = _gemm("dlhs", plan, g_formats[0], c, b.transposed(), jnp.float32)
   dv_w = _gemm(
     "drhs", plan, g_formats[1], c.transposed(), a.transposed(), jnp.float32
@@ -287,20 +287,25 @@ def _lsq_backward(dv: Array, op: GemmOperand, d: Array):
 def _int4_qdot_bwd(plan: _Plan, res, g):
   a, a_d, b, b_d, steps, index, seed = res
   cfg = plan.config
-  sigma = split_sigma(g, cfg.split)
-  parts = plan.implementation.split(
-    g,
-    sigma,
-    derive_seed(seed, _SALT_SPLIT),
-    cfg.split,
-    parts=cfg.sampling != "all",
-  )
-  inv_sigma = 1.0 / sigma
+  split_seed = derive_seed(seed, _SALT_SPLIT)
   name = cfg.gradient_name
   g_formats = ((name, cfg.operand_name), (name, cfg.operand_name))
-  if cfg.sampling == "all":
-    dv_x, dv_w = _backward_all(g_formats, plan, parts, inv_sigma, a, b)
+  if cfg.split_block is not None:  # a sigma per block (sampling "all")
+    c, sigma = plan.implementation.split_blocks(
+      g, split_seed, cfg.split, cfg.split_block
+    )
+    tile = (cfg.split_block, cfg.split_block)
+    c = GemmOperand(c, 1.0 / sigma, Int4Operand(tile))
+    dv_x, dv_w = _backward_all(g_formats, plan, c, a, b)
+  elif cfg.sampling == "all":
+    sigma = split_sigma(g, cfg.split)
+    c = plan.implementation.split(g, sigma, split_seed, cfg.split, False)
+    c = per_tensor(c, 1.0 / sigma)
+    dv_x, dv_w = _backward_all(g_formats, plan, c, a, b)
   else:
+    sigma = split_sigma(g, cfg.split)
+    parts = plan.implementation.split(g, sigma, split_seed, cfg.split, True)
+    inv_sigma = 1.0 / sigma
     dv_x, dv_w = _backward_leverage(
       g_formats, plan, parts, inv_sigma, a, b, seed
     )

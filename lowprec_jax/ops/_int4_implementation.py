@@ -63,7 +63,11 @@ from pallas_kernels.int4_matmul import (
   unsupported_reason as gemm_unsupported_reason,
 )
 from pallas_kernels.numerics import random_bits, uniform_from_bits
-from pallas_kernels.split_quantize import split_quantize
+from pallas_kernels.split_quantize import (
+  split_quantize,
+  split_quantize_blocks,
+  split_quantize_blocks_reference,
+)
 
 _LSQ_TILE = None  # LSQ scales are per tensor
 
@@ -148,6 +152,11 @@ class Int4Implementation(Implementation):
     """``c = 14 hi + lo`` (parts=False) or ``(hi, lo, squared row norms of
     [14 hi; lo] (B, 2M) int32)`` of g's bit split, SR hashed with ``seed``."""
 
+  @abc.abstractmethod
+  def split_blocks(self, g: Array, seed: Array, split: str, block: int):
+    """(``c = 14 hi + lo`` int8, sigma (B, M/S, N/S)) of g split with a
+    sigma per ``block`` x ``block`` square."""
+
   @staticmethod
   @abc.abstractmethod
   def gemm(a_q, a_s, b_q, b_s, *, a, b, out_dtype) -> Array:
@@ -212,6 +221,9 @@ class Int4Xla(Int4Implementation):
     squares = jnp.concatenate([_row_squares(hi, 14), _row_squares(lo, 1)], 1)
     return hi, lo, squares
 
+  def split_blocks(self, g, seed, split, block):
+    return split_quantize_blocks_reference(g, seed, split=split, block=block)
+
   gemm = staticmethod(int4_matmul_reference)
 
 
@@ -234,6 +246,9 @@ class Int4Pallas(Int4Implementation):
         "Hadamard quantizer takes LSQ steps or S x S blocks)"
       )
     layout = Int4Operand(request.format.tile)
+    if request.split_block is not None:
+      split = request.split_block
+      return gemm_unsupported_reason(Int4Operand((split, split)), layout)
     return gemm_unsupported_reason(layout, layout)
 
   def _rotate(self, x, block, out_dtype, transposed_out):
@@ -265,6 +280,9 @@ class Int4Pallas(Int4Implementation):
       return out
     hi, lo, hi_sq, lo_sq = out
     return hi, lo, jnp.concatenate([hi_sq, lo_sq], axis=1)
+
+  def split_blocks(self, g, seed, split, block):
+    return split_quantize_blocks(g, seed, split=split, block=block)
 
   gemm = staticmethod(int4_matmul)
 

@@ -203,12 +203,13 @@ IMPLEMENTATION_CONFIGS = {
   "int4_hq": int4_hq(),  # LSQ, faithful split, leverage sampling
   "int4_hq_b32": int4_hq_b32(),  # 32 x 32 blocks, full split, every row
   "lsq_all_rows": Int4Config(name="lsq_all", sampling="all"),
-  "blocks_16_clip_search": Int4Config(
+  "blocks_16_clip_search_block_split": Int4Config(
     name="b16c",
     scale="absmax",
     block=16,
     clip_candidates=(1.0, 0.9, 0.8, 0.7),
     split="full",
+    split_block=16,
     sampling="all",
   ),
 }
@@ -348,6 +349,12 @@ def test_bad_input():
     quantized_dot_general(
       jnp.ones((4, 8)), jnp.ones((8, 2)), DIMS, config="int4_hq"
     )
+  with raises("split_block needs sampling='all'"):
+    Int4Config(split_block=16)
+  with raises("split_block=16 must equal block=32"):
+    Int4Config(scale="absmax", block=32, split_block=16, sampling="all")
+  with raises("clip_candidates searches a scale per S x S block"):
+    Int4Config(clip_candidates=(1.0, 0.9))
   with raises("needs per-tensor scales"):
     Int4Config(scale="absmax", block=32, sampling="leverage")
   with raises("block needs scale='absmax'"):

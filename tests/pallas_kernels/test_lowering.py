@@ -202,3 +202,11 @@ def test_hadamard_quantize_transposed(block):
       HQ.hadamard_quantize_blocks, w, hadamard_block=128, block=block,
       transposed=True,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("block", [16, 32])
+def test_split_quantize_blocks(block):
+  g = S((B, M, N), jnp.bfloat16)
+  _assert_lowers(
+    SQ.split_quantize_blocks, g, S((), jnp.uint32), split="full", block=block
+  )

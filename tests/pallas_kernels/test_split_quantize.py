@@ -10,6 +10,8 @@ import pytest
 from pallas_kernels.bit_split import split_sigma
 from pallas_kernels.split_quantize import (
   split_quantize,
+  split_quantize_blocks,
+  split_quantize_blocks_reference,
   split_quantize_reference,
 )
 
@@ -50,3 +52,23 @@ def test_bad_input():
     split_quantize(g, jnp.float32(1.0), 1, split="half", parts=False)
   with pytest.raises(ValueError, match="g has shape"):
     split_quantize(g[0], jnp.float32(1.0), 1, split="full", parts=False)
+
+
+@pytest.mark.parametrize(
+  "shape, dtype, block",
+  [((2, 40, 200), jnp.float32, 16), ((1, 70, 128), jnp.bfloat16, 32)],
+  ids=str,
+)
+def test_blocks_match_the_reference(shape, dtype, block):
+  """A sigma per block, from the block's maximum inside the kernel."""
+  rng = np.random.default_rng(1)
+  g = jnp.asarray(rng.standard_t(3, shape), dtype).at[0, 0, 0].set(1e4)
+  c, sigma = split_quantize_blocks(g, 5, split="full", block=block)
+  c_ref, sigma_ref = split_quantize_blocks_reference(
+    g, 5, split="full", block=block
+  )
+  np.testing.assert_array_equal(np.asarray(c), np.asarray(c_ref))
+  np.testing.assert_array_equal(np.asarray(sigma), np.asarray(sigma_ref))
+  # The outlier's block alone has a small sigma; every block uses the range.
+  assert float(sigma[0, 0, 0]) < 0.02 * float(jnp.median(sigma))
+  assert int(jnp.abs(c[0, block:, block:]).max()) >= 100
