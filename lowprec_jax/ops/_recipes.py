@@ -13,6 +13,8 @@ int4_hq        INT4 LSQ per-tensor after a     bit split (INT4 x 2), leverage  R
                Hadamard rotation, both         sampled rows                    SR on g
 int4_hq_b32    INT4 32x32 blocks after a       bit split, every row (one INT8  RTN fwd,
                Hadamard rotation, both         GEMM on 14 hi + lo)             SR on g
+int4_hq_b16    INT4 16x16 blocks, clip-searched the same                       RTN fwd,
+               scales, after a rotation, both                                  SR on g
 =============  ==============================  ==============================  =========
 
 The INT4 recipes are :class:`~lowprec_jax.ops.Int4Config` objects (see
@@ -30,7 +32,12 @@ from collections.abc import Callable
 
 from lowprec_jax.formats._format import Fp8, Int8Block
 from lowprec_jax.ops._config import DotQuantConfig, GemmQuant, OperandQuant
-from lowprec_jax.ops._int4_config import Int4Config, int4_hq, int4_hq_b32
+from lowprec_jax.ops._int4_config import (
+  Int4Config,
+  int4_hq,
+  int4_hq_b16,
+  int4_hq_b32,
+)
 
 
 def bf16() -> DotQuantConfig:
@@ -107,6 +114,7 @@ RECIPES: dict[str, Callable[[], DotQuantConfig | Int4Config]] = {
   "coat_fp8": coat_fp8,
   "int4_hq": int4_hq,
   "int4_hq_b32": int4_hq_b32,
+  "int4_hq_b16": int4_hq_b16,
 }
 
 
