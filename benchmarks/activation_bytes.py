@@ -36,6 +36,7 @@ RECIPES = (
   "coat_fp8",
   "int4_hq",
   "int4_hq_b32",
+  "int4_hq_b16",
 )
 # (name, d_model, heads, seq_len, T1 and T2 tokens)
 MODELS = (

@@ -22,6 +22,7 @@ from lowprec_jax.ops import (
   fp8_current,
   int4_dot_general,
   int4_hq,
+  int4_hq_b16,
   int4_hq_b32,
   jetfire_int8,
 )
@@ -35,6 +36,7 @@ RECIPES = {
   "fp8_block": fp8_block(),
   "int4_hq": int4_hq(),
   "int4_hq_b32": int4_hq_b32(),
+  "int4_hq_b16": int4_hq_b16(),
 }
 
 

@@ -56,6 +56,7 @@ RECIPES = {
   "jetfire_int8": get_recipe("jetfire_int8"),
   "int4_hq": get_recipe("int4_hq"),
   "int4_hq_b32": get_recipe("int4_hq_b32"),
+  "int4_hq_b16": get_recipe("int4_hq_b16"),
 }
 # INT4 runs with a fixed Hadamard block (index into the candidates dividing
 # K: 7 is 128, what the search picks for most layers of the demo GPT) and
@@ -76,6 +77,8 @@ GEMM_FRACTION = {
   # registers, no wgmma and no TMA; a guess below the INT8 Mosaic kernels'.
   "int4_hq": 0.30,
   "int4_hq_b32": 0.30,
+  # 16 x 16 blocks promote every 16 of K, as bf16 MMAs (exact on the codes).
+  "int4_hq_b16": 0.20,
 }
 COPY_BYTES_PER_S = 4.3e12
 LAUNCH_S = 4e-6
@@ -91,6 +94,7 @@ EXTRA_BYTES_BOUND = {
   "jetfire_int8": 0.78e9,
   "int4_hq": 2.95e9,
   "int4_hq_b32": 1.25e9,
+  "int4_hq_b16": 1.35e9,
 }
 _BYTES = {
   "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2,

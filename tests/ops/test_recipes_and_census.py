@@ -44,6 +44,7 @@ def test_recipes_are_what_the_docs_say():
     "coat_fp8",
     "int4_hq",
     "int4_hq_b32",
+    "int4_hq_b16",
   }
   assert "fwd: int8_block32 x int8_block32" in jf.describe()
   hq, ours = get_recipe("int4_hq"), get_recipe("int4_hq_b32")
@@ -55,6 +56,13 @@ def test_recipes_are_what_the_docs_say():
     "all",
   )
   assert hq.needs_seed and "Hadamard along K" in hq.describe()
+  b16 = get_recipe("int4_hq_b16")
+  assert (b16.block, b16.clip_candidates, b16.split, b16.sampling) == (
+    16,
+    (1.0, 0.9, 0.8, 0.7),
+    "full",
+    "all",
+  )
 
 
 DIMS = (((1,), (0,)), ((), ()))
