@@ -193,6 +193,25 @@ def tile_codes(
   return jnp.where(ok, codes, jnp.zeros((), codes.dtype))
 
 
+def store_block_scales(s_ref, scales: Array, block: int, shape) -> None:
+  """Stores this program's (rows / S, cols / S) block scales of a (B, R, C)
+  array quantized in ``block`` x ``block`` squares (masked at the edges)."""
+  nr, nc = scales.shape
+  i, j = pl.program_id(1), pl.program_id(2)
+  s_rows = i * nr + lax.broadcasted_iota(jnp.int32, (nr, 1), 0)
+  s_cols = j * nc + lax.broadcasted_iota(jnp.int32, (1, nc), 1)
+  in_range = (s_rows < -(-shape[1] // block)) & (s_cols < -(-shape[2] // block))
+  store(s_ref, scales, in_range)
+
+
+def block_scales_out(shape, rows: int, cols: int, block: int):
+  """(struct, spec) of the f32 block scales of (rows, cols) program tiles."""
+  spec = pl.BlockSpec(
+    (None, rows // block, cols // block), lambda b, i, j: (b, i, j)
+  )
+  return out_struct(scale_shape(shape, (block, block)), jnp.float32), spec
+
+
 def load(ref, mask: Array, other=0) -> Array:
   """Masked load of a whole (possibly sliced) ref; masked elements = other.
 

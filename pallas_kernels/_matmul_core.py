@@ -266,10 +266,7 @@ def _requantize(acc, mask, rows, cols, seed_ref, plan, q_ref, s_ref):
     v, inverse, inverse <= F32_MAX, rows, cols, m, seed_ref, grid
   )
   L.store(q_ref, codes, mask)
-  i, j = pl.program_id(1), pl.program_id(2)
-  s_rows = i * nr + lax.broadcasted_iota(jnp.int32, (nr, 1), 0)
-  s_cols = j * nc + lax.broadcasted_iota(jnp.int32, (1, nc), 1)
-  L.store(s_ref, scale, (s_rows < cdiv(m, ob)) & (s_cols < cdiv(n, ob)))
+  L.store_block_scales(s_ref, scale, ob, plan.bmnk[:3])
 
 
 def out_specs(plan: MatmulPlan):

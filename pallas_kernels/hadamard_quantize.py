@@ -150,11 +150,7 @@ def _blocks_kernel(
       v, inverse, inverse <= F32_MAX, row, col, shape[1], None, grid
     )
   L.store(q_ref, pack_pairs(codes), _packed_mask(rows, cols, shape))
-  i, j = pl.program_id(1), pl.program_id(2)
-  s_rows = i * nr + jax.lax.broadcasted_iota(jnp.int32, (nr, 1), 0)
-  s_cols = j * nc + jax.lax.broadcasted_iota(jnp.int32, (1, nc), 1)
-  in_range = (s_rows < cdiv(shape[1], block)) & (s_cols < cdiv(shape[2], block))
-  L.store(s_ref, scale, in_range)
+  L.store_block_scales(s_ref, scale, block, shape)
 
 
 def _rotate_kernel(x_ref, out_ref, *, rows, cols, shape, h, t_out):
@@ -228,7 +224,6 @@ def _blocks_call(
   shape = _logical(x, transposed)
   rows, cols = _program_tile(config, hadamard_block, block)
   grid, tile, packed = _specs(shape, rows, cols, transposed)
-  scales = tiles.scale_shape(shape, (block, block))
   return L.call(
     functools.partial(
       _blocks_kernel,
@@ -244,12 +239,7 @@ def _blocks_call(
     in_specs=[tile],
     outs=[
       (L.out_struct((*shape[:2], shape[2] // 2), np.uint8), packed),
-      (
-        L.out_struct(scales, jnp.float32),
-        pl.BlockSpec(
-          (None, rows // block, cols // block), lambda b, i, j: (b, i, j)
-        ),
-      ),
+      L.block_scales_out(shape, rows, cols, block),
     ],
     tuning=(config.num_warps, config.num_stages),
     interpret=interpret,

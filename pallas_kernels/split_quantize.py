@@ -185,11 +185,7 @@ def _blocks_kernel(
   wide = L.expand_cols(L.expand_rows(sigma, block), block)
   hi, lo, _ = bit_split(g, u, split, wide)
   L.store(c_ref, combined_codes(hi, lo), mask)
-  i, j = pl.program_id(1), pl.program_id(2)
-  s_rows = i * nr + jax.lax.broadcasted_iota(jnp.int32, (nr, 1), 0)
-  s_cols = j * nc + jax.lax.broadcasted_iota(jnp.int32, (1, nc), 1)
-  in_range = (s_rows < cdiv(shape[1], block)) & (s_cols < cdiv(shape[2], block))
-  L.store(s_ref, sigma, in_range)
+  L.store_block_scales(s_ref, sigma, block, shape)
 
 
 @functools.partial(
@@ -200,7 +196,6 @@ def _blocks_call(g, seed, *, split, block, config, interpret):
   rows, cols = max(config.rows, block), max(config.cols, block)
   grid = (b, cdiv(m, rows), cdiv(n, cols))
   tile = pl.BlockSpec((None, rows, cols), lambda b, i, j: (b, i, j))
-  sigmas = tiles.scale_shape(g.shape, (block, block))
   kernel = functools.partial(
     _blocks_kernel, split=split, block=block, rows=rows, cols=cols,
     shape=g.shape,
@@ -211,12 +206,7 @@ def _blocks_call(g, seed, *, split, block, config, interpret):
     in_specs=[tile, pl.BlockSpec((1,), lambda b, i, j: (0,))],
     outs=[
       (L.out_struct(g.shape, np.int8), tile),
-      (
-        L.out_struct(sigmas, jnp.float32),
-        pl.BlockSpec(
-          (None, rows // block, cols // block), lambda b, i, j: (b, i, j)
-        ),
-      ),
+      L.block_scales_out(g.shape, rows, cols, block),
     ],
     tuning=(config.num_warps, config.num_stages),
     interpret=interpret,
