@@ -10,8 +10,8 @@ step                ``"xla"`` (plain jnp)             ``"pallas"``
 rotate + quantize   ``block_hadamard``, then LSQ      :mod:`pallas_kernels.
 + pack              codes or absmax blocks, then      hadamard_quantize`: one
                     ``pack_int4``                     pass, x read once
-backward rotation   ``block_hadamard``, cast          ``hadamard_rotate``: one
-                                                      pass
+backward rotation   ``block_hadamard``, cast          ``hadamard_rotate``
+                                                      (rotate and cast at once)
 bit split           ``bit_split`` with hashed         :mod:`pallas_kernels.
                     uniforms                          split_quantize` (SR in
                                                       the kernel, row squares)
