@@ -46,7 +46,6 @@ from lowprec_jax.formats._lsq import lsq_quantize
 from lowprec_jax.formats._quantize import quantize
 from lowprec_jax.ops._int4_config import Int4Config
 from pallas_kernels import tiles
-from pallas_kernels.bit_split import bit_split, combined_codes
 from pallas_kernels.hadamard import block_hadamard
 from pallas_kernels.hadamard_quantize import (
   hadamard_quantize_blocks,
@@ -62,11 +61,11 @@ from pallas_kernels.int4_matmul import (
 from pallas_kernels.int4_matmul import (
   unsupported_reason as gemm_unsupported_reason,
 )
-from pallas_kernels.numerics import random_bits, uniform_from_bits
 from pallas_kernels.split_quantize import (
   split_quantize,
   split_quantize_blocks,
   split_quantize_blocks_reference,
+  split_quantize_reference,
 )
 
 _LSQ_TILE = None  # LSQ scales are per tensor
@@ -147,15 +146,30 @@ class Int4Implementation(Implementation):
   def _rotate_quantize(self, x, block: int, step, config, transposed):
     """:meth:`rotate_quantize` for a static Hadamard block."""
 
+  @staticmethod
   @abc.abstractmethod
+  def split_kernel(g, sigma, seed, *, split, parts):
+    """:func:`pallas_kernels.split_quantize.split_quantize` or its twin."""
+
+  @staticmethod
+  @abc.abstractmethod
+  def split_blocks_kernel(g, seed, *, split, block):
+    """:func:`pallas_kernels.split_quantize.split_quantize_blocks` or its
+    twin."""
+
   def split(self, g: Array, sigma: Array, seed: Array, split: str, parts):
     """``c = 14 hi + lo`` (parts=False) or ``(hi, lo, squared row norms of
     [14 hi; lo] (B, 2M) int32)`` of g's bit split, SR hashed with ``seed``."""
+    out = self.split_kernel(g, sigma, seed, split=split, parts=parts)
+    if not parts:
+      return out
+    hi, lo, hi_sq, lo_sq = out
+    return hi, lo, jnp.concatenate([hi_sq, lo_sq], axis=1)
 
-  @abc.abstractmethod
   def split_blocks(self, g: Array, seed: Array, split: str, block: int):
     """(``c = 14 hi + lo`` int8, sigma (B, M/S, N/S)) of g split with a
     sigma per ``block`` x ``block`` square."""
+    return self.split_blocks_kernel(g, seed, split=split, block=block)
 
   @staticmethod
   @abc.abstractmethod
@@ -212,25 +226,10 @@ class Int4Xla(Int4Implementation):
     )
     return _operand(q, s, config.format.tile), None
 
-  def split(self, g, sigma, seed, split, parts):
-    row, col = tiles.element_coordinates(g.shape)
-    u = uniform_from_bits(random_bits(seed, row, col))
-    hi, lo, _ = bit_split(g, u, split, sigma)
-    if not parts:
-      return combined_codes(hi, lo)
-    squares = jnp.concatenate([_row_squares(hi, 14), _row_squares(lo, 1)], 1)
-    return hi, lo, squares
-
-  def split_blocks(self, g, seed, split, block):
-    return split_quantize_blocks_reference(g, seed, split=split, block=block)
+  split_kernel = staticmethod(split_quantize_reference)
+  split_blocks_kernel = staticmethod(split_quantize_blocks_reference)
 
   gemm = staticmethod(int4_matmul_reference)
-
-
-def _row_squares(codes: Array, factor: int) -> Array:
-  """Row sums of ``(factor * codes)^2`` in int32 (exact, any order)."""
-  wide = codes.astype(jnp.int32) * factor
-  return jnp.sum(wide * wide, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,15 +273,8 @@ class Int4Pallas(Int4Implementation):
     )
     return _operand(q, s, config.format.tile), None
 
-  def split(self, g, sigma, seed, split, parts):
-    out = split_quantize(g, sigma, seed, split=split, parts=parts)
-    if not parts:
-      return out
-    hi, lo, hi_sq, lo_sq = out
-    return hi, lo, jnp.concatenate([hi_sq, lo_sq], axis=1)
-
-  def split_blocks(self, g, seed, split, block):
-    return split_quantize_blocks(g, seed, split=split, block=block)
+  split_kernel = staticmethod(split_quantize)
+  split_blocks_kernel = staticmethod(split_quantize_blocks)
 
   gemm = staticmethod(int4_matmul)
 
