@@ -95,6 +95,23 @@ def unpack_pairs(packed: Array) -> Array:
   return pairs.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
+def as_int4_array(packed: Array) -> Array:
+  """uint8 (..., K/2) -> a ``jnp.int4`` array (..., K) of the same codes.
+
+  XLA's ``bitcast_convert_type`` to a 4-bit type puts byte j's low nibble
+  at element 2j and its high nibble at 2j + 1, which is this module's
+  layout, and XLA stores ``int4`` arrays two per byte in that order: the
+  same bytes, only typed for kernels (Mosaic GPU) that take 4-bit arrays.
+
+  >>> as_int4_array(pack_int4(jnp.array([[1, -2, -8, 7]], jnp.int8))).tolist()
+  [[1, -2, -8, 7]]
+  """
+  _check_dtype("packed", packed, jnp.uint8)
+  unpacked_shape(packed.shape)
+  pairs = lax.bitcast_convert_type(packed, jnp.int4)  # (..., K/2, 2)
+  return pairs.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
 def _check_dtype(name: str, x, dtype) -> None:
   if getattr(x, "dtype", None) != jnp.dtype(dtype):
     raise ValueError(

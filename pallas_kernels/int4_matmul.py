@@ -102,7 +102,11 @@ def unsupported_reason(a: Int4Operand, b: Int4Operand) -> str | None:
   return None
 
 
-def _check(a_q, a_s, a: Int4Operand, b_q, b_s, b: Int4Operand, out_dtype):
+def check_int4_operands(
+  a_q, a_s, a: Int4Operand, b_q, b_s, b: Int4Operand, out_dtype
+) -> tuple[int, int, int, int]:
+  """(B, M, N, K) of the product; ValueError naming the first argument
+  that breaks the contract (dtype, shape, scales' shape, out_dtype)."""
   for name, q, op in (("a_q", a_q, a), ("b_q", b_q, b)):
     want = np.dtype(np.uint8 if op.packed else np.int8)
     C.check_array(name, q, (want,))
@@ -169,7 +173,7 @@ def int4_matmul(
     NotImplementedError: scale tiles the kernel has no path for
       (:func:`unsupported_reason`).
   """
-  bmnk = _check(a_q, a_s, a, b_q, b_s, b, out_dtype)
+  bmnk = check_int4_operands(a_q, a_s, a, b_q, b_s, b, out_dtype)
   reason = unsupported_reason(a, b)
   if reason:
     raise NotImplementedError(reason)
@@ -192,7 +196,7 @@ def int4_matmul_reference(
   """Twin of :func:`int4_matmul` in plain jnp: materialise both operands
   (unpack, transpose) and :func:`scaled_matmul` them. Takes any per-tensor
   or S x S tiles (S x S blocks of 16 too)."""
-  _check(a_q, a_s, a, b_q, b_s, b, out_dtype)
+  check_int4_operands(a_q, a_s, a, b_q, b_s, b, out_dtype)
   a_codes, a_scale = a.materialized(a_q, a_s)
   b_codes, b_scale = b.materialized(b_q, b_s)
   return scaled_matmul(

@@ -362,8 +362,9 @@ def int4_dot_general(
     seed: required: an int, a uint32 scalar or a PRNG key.
     implementation: "pallas", "xla", a sequence of them, or None (on a
       GPU pallas then xla, elsewhere xla): see
-      :mod:`lowprec_jax.ops._int4_implementation`. "mosaic" raises: there
-      are no Mosaic GPU INT4 kernels yet.
+      :mod:`lowprec_jax.ops._int4_implementation`. "mosaic" raises: of
+      its kernels only the forward GEMM exists
+      (:mod:`pallas_kernels.mosaic.int4_matmul`).
 
   Returns:
     An array of shape ``batch + lhs_free + rhs_free``.
@@ -372,8 +373,11 @@ def int4_dot_general(
     raise ValueError(f"config must be an Int4Config, got {config!r}")
   if implementation == "mosaic":
     raise NotImplementedError(
-      "int4_dot_general has no 'mosaic' implementation yet (the Mosaic GPU "
-      f"INT4 kernels are not written); available: {INT4_GEMMS.names}"
+      "int4_dot_general has no 'mosaic' implementation yet: the Hopper "
+      "INT4 GEMM (pallas_kernels.mosaic.int4_matmul) takes K-major operands "
+      "only, and the fused Hadamard quantizer, the bit split and the "
+      "backward's transposed GEMMs have no Mosaic GPU kernels; available: "
+      f"{INT4_GEMMS.names}"
     )
   impl = INT4_GEMMS.resolve(implementation, config, f"config {config.name!r}")
   check_float_array("lhs", lhs)

@@ -31,6 +31,9 @@ THREADS_PER_WARPGROUP = 128
 MAX_ACC_REGISTERS = 192
 SWIZZLES = (128, 64, 32)  # bytes; 8-bit wgmma needs one of these
 MAX_STAGES = 6
+# Rows of an INT4 tile unpacked at a time (``_gemm``): 64 x 128 codes are 16
+# registers per thread as int8, beside an accumulator of up to 128.
+UNPACK_ROWS = 64
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,7 +80,12 @@ class TuningConfig:
 
 
 def default_config(
-  *, promoted: bool, n_sub: int, out_itemsize: int, requantize: bool = False
+  *,
+  promoted: bool,
+  n_sub: int,
+  out_itemsize: int,
+  requantize: bool = False,
+  packed: tuple[bool, bool] = (False, False),
 ) -> TuningConfig:
   """The heuristic default for a GEMM: tiles first, then the deepest pipeline.
 
@@ -89,14 +97,18 @@ def default_config(
   warpgroup tile is 64 x 128 (2 x 64 registers) and the CTA tile 128 x 128.
   The pipeline then gets as many stages (up to ``MAX_STAGES``) as shared
   memory holds: deeper pipelines hide more of the L2/HBM latency.
+  ``packed`` (a, b): operands stored as INT4 (see :func:`smem_bytes`).
   """
-  tiles = TuningConfig(wg_tile_m=64, tile_n=128 if promoted else 256)
+  tiles = TuningConfig(
+    wg_tile_m=64, tile_n=128 if promoted or any(packed) else 256
+  )
   return deepest_pipeline(
     tiles,
     n_sub=n_sub,
     promoted=promoted,
     out_itemsize=out_itemsize,
     requantize=requantize,
+    packed=packed,
   )
 
 
@@ -107,6 +119,7 @@ def deepest_pipeline(
   promoted: bool,
   out_itemsize: int,
   requantize: bool = False,
+  packed: tuple[bool, bool] = (False, False),
 ) -> TuningConfig:
   """``tiles`` with the most stages (up to ``MAX_STAGES``) that fit SMEM."""
   for stages in range(MAX_STAGES, 1, -1):
@@ -117,6 +130,7 @@ def deepest_pipeline(
       promoted=promoted,
       out_itemsize=out_itemsize,
       requantize=requantize,
+      packed=packed,
     )
     if need <= SMEM_BYTES:
       return config
@@ -130,18 +144,26 @@ def smem_bytes(
   promoted: bool,
   out_itemsize: int,
   requantize: bool = False,
+  packed: tuple[bool, bool] = (False, False),
 ) -> int:
   """Shared memory of one CTA: pipeline stages plus epilogue slots (with
-  ``requantize``, each compute warpgroup's fp32 tile and its int8 codes)."""
+  ``requantize``, each compute warpgroup's fp32 tile and its int8 codes).
+
+  An operand stored as INT4 (``packed`` for a, b) streams half the bytes per
+  stage, and each compute warpgroup unpacks its tile of it into an int8
+  ``tile_k``-wide slot that ``wgmma`` reads (``_gemm``).
+  """
   c = config
-  stage = (c.cta_m + c.cta_n) * c.tile_k  # 8-bit codes
+  a_bytes, b_bytes = (1 / 2 if p else 1 for p in packed)
+  stage = int((c.cta_m * a_bytes + c.cta_n * b_bytes) * c.tile_k)
+  unpacked = 2 * c.tile_k * (c.wg_tile_m * packed[0] + c.tile_n * packed[1])
   if promoted:
     stage += 4 * n_sub * (c.cta_m + c.cta_n)  # fp32 scale rows
   epilogue = 2 * 2 * c.wg_tile_m * c.epi_tile_n * out_itemsize
   if requantize:
     # fp32 tile + int8 codes + row maxima per 32 columns, per warpgroup
     epilogue = 2 * c.wg_tile_m * (c.tile_n * (4 + 1) + c.tile_n // 32 * 4)
-  return c.max_concurrent_steps * stage + epilogue + SMEM_RESERVE
+  return c.max_concurrent_steps * stage + unpacked + epilogue + SMEM_RESERVE
 
 
 def check_config(
@@ -151,6 +173,7 @@ def check_config(
   chunk: int | None,
   out_itemsize: int,
   requantize: bool = False,
+  packed: tuple[bool, bool] = (False, False),
 ) -> None:
   """Raises ValueError naming the first hardware rule ``config`` breaks."""
   c = config
@@ -177,6 +200,12 @@ def check_config(
     raise ValueError(
       f"TuningConfig.tile_k={c.tile_k}: 8-bit wgmma needs K steps that are a "
       f"multiple of 32 and of the {swizzle}-byte swizzle"
+    )
+  if packed[1] and c.tile_n % UNPACK_ROWS:
+    raise ValueError(
+      f"TuningConfig.tile_n={c.tile_n}: an INT4 b is unpacked in "
+      f"{UNPACK_ROWS}-row bands (the 64-row register layouts of Mosaic's "
+      f"4-bit upcast), so tile_n must be a multiple of {UNPACK_ROWS}"
     )
   if c.tile_n % c.epi_tile_n or c.epi_tile_n % 8:
     raise ValueError(
@@ -211,6 +240,7 @@ def check_config(
     promoted=promoted,
     out_itemsize=out_itemsize,
     requantize=requantize,
+    packed=packed,
   )
   if need > SMEM_BYTES:
     raise ValueError(

@@ -1,8 +1,8 @@
 """The Hopper kernel behind every scaled 8-bit GEMM: TMA, wgmma, promotion.
 
-For K-major operands ``a`` (B, M, K) and ``b`` (B, N, K) of int8 or fp8
-codes, and fp32 scales given per row and per K chunk, ``sa`` (B, C, M) and
-``sb`` (B, C, N):
+For K-major operands ``a`` (B, M, K) and ``b`` (B, N, K) of int8, INT4
+(``jnp.int4``, two codes per byte) or fp8 codes, and fp32 scales given per
+row and per K chunk, ``sa`` (B, C, M) and ``sb`` (B, C, N):
 
     P_j[b, m, n] = sum_{k in chunk j} a[b, m, k] * b[b, n, k]
     out[b, m, n] = sum_j P_j[b, m, n] * (sa[b, j, m] * sb[b, j, n])
@@ -46,6 +46,24 @@ TMA, overlapped with the next tile; or, for the INT8-out variant,
 requantizes it in S x S blocks (``_epilogue.requantize_tile``; that variant
 lowers with Lane semantics).
 
+**INT4 operands** (Hopper has no 4-bit ``wgmma``): the TMA pipeline streams
+the packed tiles (half the bytes of int8, with a ``tile_k / 2``-byte
+swizzle); each compute warpgroup loads its rows of a packed tile into
+registers, sign-extends the nibbles to int8 (``astype``: Mosaic's
+shift/permute sequence) and stores them into its own int8 SMEM slot, which
+``wgmma`` then reads like any int8 operand. Codes are exact, so the sums are
+the int8 GEMM's bit for bit. Cost (a prediction): per warpgroup and
+128-wide K step of a 64 x 128 tile, a packed B tile is 8 KiB read and
+16 KiB written to SMEM on top of the 24 KiB ``wgmma`` reads, i.e. about
+twice the SMEM traffic of the int8 kernel; with both warpgroups unpacking
+the shared B tile (``wg_dimension="m"``) that is ~96 KiB per CTA step
+(~750 cycles at 128 B/cycle) against ~512 cycles of INT8 tensor work, so
+SMEM bandwidth, not the tensor cores, bounds it (~0.7x the INT8 peak).
+Unpacking A into registers instead (``wgmma`` with a register operand) and
+splitting B's unpacking between the two warpgroups would remove most of
+it; the Mosaic GPU interpreter runs only SMEM operands, so this first
+version keeps every ``wgmma`` operand in SMEM and stays testable on CPU.
+
 Out-of-range reads (ragged M, N, K tails inside the arrays' TMA-aligned
 shape) are zero-filled by TMA, so they add nothing to any sum; out-of-range
 rows and columns of the output are clipped by the TMA store.
@@ -64,6 +82,7 @@ from pallas_kernels.matmul_reference import promotion_chunk
 from pallas_kernels.mosaic import _hw, _operands
 from pallas_kernels.mosaic import quantize as Q
 from pallas_kernels.mosaic._config import (
+  UNPACK_ROWS,
   TuningConfig,
   check_config,
   default_config,
@@ -72,14 +91,23 @@ from pallas_kernels.mosaic._epilogue import requantize_tile, store_tile
 
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 _COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
+# Registers of an INT4 tile being unpacked: 8 codes (32 bits) per vector,
+# the layout Mosaic upcasts 4-bit values in (fewest spills in ptxas of the
+# WGMMA-family layouts: benchmarks/ptxas.py).
+_UNPACK = plgpu.Layout.WGMMA_UPCAST_4X
 MEMORY_REGISTERS = 40
 
 
-def _transforms(swizzle: int, itemsize: int):
+def _transforms(swizzle: int, itemsize: float):
+  """Tiles of 8 rows by one ``swizzle``-byte row (``itemsize`` 1/2: INT4)."""
   return (
-    plgpu.TilingTransform((8, swizzle // itemsize)),
+    plgpu.TilingTransform((8, int(swizzle / itemsize))),
     plgpu.SwizzleTransform(swizzle),
   )
+
+
+def _itemsize(dtype) -> float:
+  return jnp.dtype(dtype).itemsize / (2 if dtype == jnp.int4 else 1)
 
 
 def out_swizzle(epi_tile_n: int, itemsize: int) -> int:
@@ -113,13 +141,18 @@ def scaled_matmul(
   batch, m, k = a_q.shape
   n = b_q.shape[1]
   chunk = promotion_chunk(a_tile, b_tile, k)
+  packed = (a_q.dtype == jnp.int4, b_q.dtype == jnp.int4)
   config = config or default_config(
     promoted=chunk is not None,
     n_sub=_operands.sub_chunks(chunk),
     out_itemsize=jnp.dtype(out_dtype).itemsize,
     requantize=requantize is not None,
+    packed=packed,
   )
-  a, b = _operands.pad_codes(a_q), _operands.pad_codes(b_q)
+  k_align = _operands.K_ALIGN
+  if any(packed):
+    k_align = 2 * _operands.packed_swizzle(config.tile_k)
+  a, b = _operands.pad_codes(a_q, k_align), _operands.pad_codes(b_q, k_align)
   rows = functools.partial(_operands.scale_rows, batch=batch, k=k, chunk=chunk)
   uniform = (_uniform_rows(a_tile), _uniform_rows(b_tile))
   a, b, sa, sb = _operands.pad_k_steps(
@@ -180,8 +213,9 @@ def scaled_gemm(
   """Runs the kernel on TMA-aligned operands (see ``_operands``).
 
   Args:
-    a, b: (B, M, K) and (B, N, K) int8 / fp8 codes; M, N multiples of 8, K a
-      multiple of ``swizzle``.
+    a, b: (B, M, K) and (B, N, K) int8 / fp8 codes, or int4 (either, with
+      int8); M, N multiples of 8, K a multiple of ``swizzle`` (and, with an
+      int4 operand, of ``2 * packed_swizzle(tile_k)``).
     sa, sb: (B, C, Ms) and (B, C, Ns) fp32 scales, Ms and Ns covering whole
       CTA tiles; C = cdiv(K, chunk) (1 when ``chunk`` is None).
     chunk: K elements per promotion (divides ``config.tile_k``), or None.
@@ -205,12 +239,18 @@ def scaled_gemm(
   promoted = chunk is not None
   n_sub = config.tile_k // chunk if promoted else 1
   out_itemsize = jnp.dtype(out_dtype).itemsize
+  packed = (a.dtype == jnp.int4, b.dtype == jnp.int4)
+  if any(packed) and requantize is not None:
+    raise NotImplementedError(
+      "the Hopper GEMM's INT8-out epilogue takes int8 operands, not INT4"
+    )
   check_config(
     config,
     swizzle=swizzle,
     chunk=chunk,
     out_itemsize=out_itemsize,
     requantize=requantize is not None,
+    packed=packed,
   )
   params = _hw.interpret_params(interpret)
   o_swizzle = out_swizzle(config.epi_tile_n, out_itemsize)
@@ -221,11 +261,12 @@ def scaled_gemm(
     chunk=chunk,
     n_sub=n_sub,
     swizzle=swizzle,
-    acc_dtype=jnp.int32 if a.dtype == jnp.int8 else jnp.float32,
+    acc_dtype=jnp.int32 if a.dtype in (jnp.int8, jnp.int4) else jnp.float32,
     out_dtype=jnp.dtype(out_dtype),
     tiles=_cluster_tiles(config, batch, m, n),
     requantize=requantize,
     uniform=_uniform_scales(config, *uniform_rows),
+    packed=packed,
   )
   c = config
   out_type = jax.ShapeDtypeStruct((batch, m, n_out), out_dtype)
@@ -236,6 +277,15 @@ def scaled_gemm(
       transforms=_transforms(o_swizzle, out_itemsize),
     )
   )
+  # Each compute warpgroup's int8 slots for the tiles it unpacks.
+  for name, rows, is_packed in (
+    ("au_smem", c.wg_tile_m, packed[0]),
+    ("bu_smem", c.tile_n, packed[1]),
+  ):
+    if is_packed:
+      scratch[name] = plgpu.SMEM(
+        (2, rows, c.tile_k), jnp.int8, transforms=_transforms(swizzle, 1)
+      )
   semantics = _hw.compiler_params()
   args = [a, b, sa, sb]
   if requantize is not None:
@@ -314,10 +364,13 @@ def _kernel(
   tiles,
   requantize,
   uniform,
+  packed,
   o_smem=None,
   f_smem=None,
   q_smem=None,
   m_smem=None,
+  au_smem=None,
+  bu_smem=None,
 ):
   refs = list(refs)
   seed_g = refs.pop(0) if requantize and requantize.stochastic else None
@@ -327,10 +380,10 @@ def _kernel(
   batch, m_tiles, n_tiles = tiles
   k_steps = cdiv(a_g.shape[2], c.tile_k)
   promoted = chunk is not None
-  operand = _transforms(swizzle, 1)
   # Without promotion one wgmma group stays in flight across K steps
-  # (``wgmma_wait(1)``), so each operand slot is released one step late.
-  delay = 0 if promoted or c.max_concurrent_steps < 2 else 1
+  # (``wgmma_wait(1)``), so each operand slot is released one step late;
+  # not with INT4 operands, whose unpacked slot the next step rewrites.
+  delay = 0 if promoted or c.max_concurrent_steps < 2 or any(packed) else 1
   # In a 2-CTA cluster the operand (and its scales) that both CTAs read is
   # loaded once and multicast: B along M, A along N.
   shared = {
@@ -341,11 +394,18 @@ def _kernel(
     plgpu.BlockSpec(
       (rows, c.tile_k),
       lambda k: (0, k),
-      transforms=operand,
+      transforms=(
+        _transforms(_operands.packed_swizzle(c.tile_k), 1 / 2)
+        if is_packed
+        else _transforms(swizzle, 1)
+      ),
       delay_release=delay,
       collective_axes=shared[side],
     )
-    for side, rows in (("a", c.cta_m), ("b", c.cta_n))
+    for side, rows, is_packed in (
+      ("a", c.cta_m, packed[0]),
+      ("b", c.cta_n, packed[1]),
+    )
   ]
   if promoted:
     in_specs += [
@@ -415,12 +475,25 @@ def _kernel(
       cn = pl.ds(ni * c.cta_n, c.cta_n)
       wg_out = o_g.at[bi].at[cm, cn].at[wm, wn]
 
+      def operands(a_s, b_s):
+        """This warpgroup's int8 tiles of the step: its rows of the
+        pipeline's slots, or of its unpacked copies of INT4 slots."""
+        a_w, b_w = a_s.at[wm], b_s.at[wn]
+        if packed[0]:
+          a_w = _unpack(a_w, au_smem.at[wg])
+        if packed[1]:
+          b_w = _unpack(b_w, bu_smem.at[wg])
+        if any(packed):
+          plgpu.commit_smem()  # the stores, before wgmma's async reads
+        return a_w, b_w
+
       def promote_step(_, a_s, b_s, sa_s, sb_s, carry):
+        a_w, b_w = operands(a_s, b_s)
         for j in range(n_sub):
           ks = pl.ds(j * chunk, chunk)
 
           def mma(acc, ks=ks):
-            plgpu.wgmma(acc, a_s.at[wm, ks], b_s.at[wn, ks].T)
+            plgpu.wgmma(acc, a_w.at[:, ks], b_w.at[:, ks].T)
             return acc[...]
 
           p = pl.run_scoped(mma, plgpu.ACC((c.wg_tile_m, c.tile_n), acc_dtype))
@@ -449,7 +522,8 @@ def _kernel(
         requantize_tile(out, slots, wg_out, s_g, seed, bi, origin, requantize)
 
       def accumulate_step(_, a_s, b_s, acc):
-        plgpu.wgmma(acc, a_s.at[wm], b_s.at[wn].T)
+        a_w, b_w = operands(a_s, b_s)
+        plgpu.wgmma(acc, a_w, b_w.T)
         plgpu.wgmma_wait(delay)  # reading acc[...] afterwards waits for all
         return acc
 
@@ -481,6 +555,18 @@ def _kernel(
   pl.run_scoped(scope, allocations, collective_axes="wg")
 
 
+def _unpack(packed_ref, int8_ref):
+  """Sign-extends an INT4 SMEM tile into an int8 SMEM tile of the same
+  shape, ``UNPACK_ROWS`` rows at a time; returns ``int8_ref``."""
+  rows = packed_ref.shape[0]
+  for r in range(0, rows, UNPACK_ROWS):
+    band = pl.ds(r, min(UNPACK_ROWS, rows - r))
+    int8_ref[band] = plgpu.load(packed_ref.at[band], layout=_UNPACK).astype(
+      jnp.int8
+    )
+  return int8_ref
+
+
 # The bits of 1.5 * 2^23: for |p| < 2^22 the float with bits MAGIC + p is
 # exactly 1.5 * 2^23 + p (p lands in the 23-bit significand field).
 _MAGIC_BITS = 0x4B400000
@@ -490,7 +576,7 @@ _MAGIC = 1.5 * 2**23
 def _partial_to_f32(p, chunk: int):
   """``float32(p)`` of a chunk's partial sum, exactly.
 
-  INT8 partials have |p| <= chunk * 128^2 < 2^22 for chunk <= 128, so the
+  INT8 (and INT4) partials have |p| <= chunk * 128^2 < 2^22 for chunk <= 128, so the
   magic-number form (one integer add, a free bitcast, one float subtract)
   gives the same bits as ``sitofp``, without ``cvt.rn.f32.s32`` (a
   conversion-unit instruction, far below FMA throughput on sm_90). FP8

@@ -5,9 +5,11 @@ its tile (8 rows; the swizzle along K), so codes are zero-padded to
 
     M -> round_up(M, 8),  N -> round_up(N, 8),  K -> round_up(K, 32)
 
-and nothing is copied when the shape is already aligned (every real model
-shape is). Zero codes add nothing to any sum, and the kernel's ragged CTA
-tiles beyond these shapes are zero-filled by TMA itself.
+(K -> round_up(K, 2 * packed_swizzle(tile_k)) when an operand is INT4:
+its rows are half as many bytes) and nothing is copied when the shape is
+already aligned (every real model shape is). Zero codes add nothing to any
+sum, and the kernel's ragged CTA tiles beyond these shapes are zero-filled
+by TMA itself.
 
 Scales arrive shaped like ``QTensor.scale`` for their tile and leave as one
 fp32 row per K chunk, ``(B, C, R)``: element ``[b, j, r]`` is the scale of row
@@ -46,6 +48,18 @@ def choose_swizzle(k_padded: int, chunk: int | None) -> int:
   raise AssertionError(f"K={k_padded} is padded to a multiple of {K_ALIGN}")
 
 
+def packed_swizzle(tile_k: int) -> int:
+  """The swizzle (bytes) of an INT4 operand's ``tile_k``-wide step: its rows
+  are ``tile_k / 2`` bytes."""
+  for swizzle in SWIZZLES:
+    if (tile_k // 2) % swizzle == 0:
+      return swizzle
+  raise ValueError(
+    f"an INT4 operand's K step of {tile_k} codes is {tile_k // 2} bytes, not "
+    f"a multiple of any swizzle {SWIZZLES}; use a tile_k multiple of 64"
+  )
+
+
 MIN_K_STEPS = 2
 
 
@@ -71,10 +85,10 @@ def pad_k_steps(a, b, sa, sb, *, tile_k: int, n_sub: int, promoted: bool):
   return a, b, sa, sb
 
 
-def pad_codes(q: jax.Array) -> jax.Array:
+def pad_codes(q: jax.Array, k_align: int = K_ALIGN) -> jax.Array:
   """Zero-pads (B, R, K) codes to TMA-aligned R and K (no-op when aligned)."""
   _, r, k = q.shape
-  pad_r, pad_k = round_up(r, ROW_ALIGN) - r, round_up(k, K_ALIGN) - k
+  pad_r, pad_k = round_up(r, ROW_ALIGN) - r, round_up(k, k_align) - k
   if pad_r == 0 and pad_k == 0:
     return q
   return jnp.pad(q, ((0, 0), (0, pad_r), (0, pad_k)))

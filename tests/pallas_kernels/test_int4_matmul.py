@@ -1,11 +1,13 @@
-"""The INT4 GEMM kernel against its jnp twin, bit for bit.
+"""The INT4 GEMM kernels against their jnp twin, bit for bit.
 
-Every storage of each operand (int8 or packed INT4; K-major or transposed)
-with S x S block scales, and the layouts the INT4 op uses with per-tensor
-scales, on a ragged shape (M, N, K not multiples of the 64 x 64 program
-tile or of S = 32). Agreement must be exact: both sum int8 products exactly
-in int32 per K chunk and rescale in f32 in the same order
-(``pallas_kernels/int4_matmul.py``).
+One base (:class:`Int4MatmulTestBase`) for every implementation's
+``int4_matmul``: each storage of each operand (int8 or packed INT4; K-major
+or transposed) it supports, with S x S block scales and with per-tensor
+scales, on ragged shapes (M, N, K not multiples of any program tile or of
+S). Agreement must be exact: every implementation sums int8 products exactly
+in int32 per K chunk (or over all of K for per-tensor scales) and rescales in
+f32 in the same order (``pallas_kernels/int4_matmul.py``), so any difference
+is a bug, not rounding.
 """
 
 import itertools
@@ -14,23 +16,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import int4_matmul as portable
 from pallas_kernels import tiles
 from pallas_kernels.int4 import pack_int4
-from pallas_kernels.int4_matmul import (
-  Int4Operand,
-  int4_matmul,
-  int4_matmul_reference,
+from pallas_kernels.int4_matmul import Int4Operand, int4_matmul_reference
+from pallas_kernels.mosaic import int4_matmul as mosaic
+from tests.implementation_cases import ImplementationTestBase, cases, requires
+from tests.pallas_kernels.kernel_support import (
+  ON_GPU,
+  race_detector,
+  races_found,
 )
 
 B, M, N, K = 2, 40, 72, 96
 STORAGES = list(
   itertools.product((False, True), repeat=2)
 )  # packed, transposed
+K_MAJOR = [(packed, False) for packed in (False, True)]
 # (a, b) storages of the op's GEMMs: forward, dlhs, drhs, leverage drhs.
 OP_LAYOUTS = [
   ((True, False), (True, False)),
   ((False, False), (True, True)),
-  ((False, True), (True, True)),
   ((False, True), (True, True)),
 ]
 
@@ -46,50 +52,133 @@ def _operand(rng, shape, op: Int4Operand, low=-8, high=7):
   return (pack_int4(codes) if op.packed else codes), jnp.asarray(scale)
 
 
-def _assert_matches(a: Int4Operand, b: Int4Operand, seed: int):
+def _operands(a: Int4Operand, b: Int4Operand, bmnk, seed: int):
+  """Stored a and b; int8 operands take the bit split's range
+  (|14 hi + lo| <= 105)."""
+  batch, m, n, k = bmnk
   rng = np.random.default_rng(seed)
-  # int8 operands take the bit split's range (|14 hi + lo| <= 105).
-  a_args = _operand(rng, (B, M, K), a, *((-8, 7) if a.packed else (-105, 105)))
-  b_args = _operand(rng, (B, N, K), b, *((-8, 7) if b.packed else (-105, 105)))
-  out = int4_matmul(*a_args, *b_args, a=a, b=b)
-  ref = int4_matmul_reference(*a_args, *b_args, a=a, b=b)
-  assert out.shape == (B, M, N)
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+  a_args = _operand(
+    rng, (batch, m, k), a, *(-8, 7) if a.packed else (-105, 105)
+  )
+  b_args = _operand(
+    rng, (batch, n, k), b, *(-8, 7) if b.packed else (-105, 105)
+  )
+  return (*a_args, *b_args)
 
 
-@pytest.mark.parametrize("a_storage", STORAGES, ids=str)
-@pytest.mark.parametrize("b_storage", STORAGES, ids=str)
-def test_every_storage_with_blocks(a_storage, b_storage):
-  tile = (32, 32)
-  _assert_matches(
-    Int4Operand(tile, *a_storage), Int4Operand(tile, *b_storage), 0
+def _name(storage) -> str:
+  packed, transposed = storage
+  return ("int4" if packed else "int8") + ("T" if transposed else "")
+
+
+def _named(triples) -> dict:
+  """Test ids such as ``32x32-int4-int8T`` for (tile, a, b) triples."""
+  return {
+    f"{tiles.name(tile)}-{_name(a)}-{_name(b)}": (tile, a, b)
+    for tile, a, b in triples
+  }
+
+
+def _pairs(storages, tile_list):
+  return [
+    (tile, a, b)
+    for tile in tile_list
+    for a, b in itertools.product(storages, repeat=2)
+  ]
+
+
+class Int4MatmulTestBase(ImplementationTestBase):
+  """Tests of one implementation's ``int4_matmul`` (subclasses say which)."""
+
+  kernel = None  # int4_matmul(a_q, a_s, b_q, b_s, *, a, b, out_dtype)
+  # (tile, (packed, transposed) of a, of b): what it must get bit for bit.
+  matching_cases: dict = {}
+  # (tile, a storage, b storage) it must refuse with NotImplementedError.
+  unsupported_cases: dict = {}
+  bmnk = (B, M, N, K)
+  race_shape: tuple | None = None  # run once under a race detector
+
+  def _assert_matches(self, a: Int4Operand, b: Int4Operand, seed, **kw):
+    args = _operands(a, b, self.bmnk, seed)
+    out = type(self).kernel(*args, a=a, b=b, **kw)
+    ref = int4_matmul_reference(*args, a=a, b=b)
+    assert out.shape == self.bmnk[:3]
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+  @cases("tile, a_storage, b_storage", "matching_cases")
+  def test_same_bits_as_the_reference(self, tile, a_storage, b_storage):
+    self._assert_matches(
+      Int4Operand(tile, *a_storage), Int4Operand(tile, *b_storage), 0
+    )
+
+  @cases("tile, a_storage, b_storage", "unsupported_cases")
+  def test_refuses_what_it_has_no_path_for(self, tile, a_storage, b_storage):
+    a, b = Int4Operand(tile, *a_storage), Int4Operand(tile, *b_storage)
+    args = _operands(a, b, (1, 8, 8, 64), 0)
+    with pytest.raises(NotImplementedError, match="transpose|S in"):
+      type(self).kernel(*args, a=a, b=b)
+
+  def test_bad_input(self):
+    int4_matmul = type(self).kernel
+    a, b = Int4Operand(), Int4Operand(packed=True)
+    q = jnp.zeros((1, 8, 16), jnp.int8)
+    s = jnp.ones((1, 1, 1), jnp.float32)
+    with pytest.raises(
+      ValueError, match="b_q has shape .* expected a 3-D array of uint8"
+    ):
+      int4_matmul(q, s, q, s, a=a, b=b)
+    with pytest.raises(ValueError, match="same B and K"):
+      int4_matmul(q, s, jnp.zeros((1, 8, 16), jnp.uint8), s, a=a, b=b)
+    with pytest.raises(ValueError, match="a_s has shape \\(1, 1, 1\\)"):
+      blocks, wide = Int4Operand((32, 32)), jnp.zeros((1, 64, 64), jnp.int8)
+      int4_matmul(wide, s, wide, s, a=blocks, b=blocks)
+    eight, q8 = Int4Operand((8, 8)), jnp.zeros((1, 8, 8), jnp.int8)
+    with pytest.raises(NotImplementedError, match="S in"):
+      int4_matmul(q8, s, q8, s, a=eight, b=eight)
+    with pytest.raises(NotImplementedError, match="block sizes differ"):
+      int4_matmul(q, s, q, s, a=Int4Operand((16, 16)), b=Int4Operand((32, 32)))
+
+  @requires("race_shape", "no race detector")
+  def test_no_races_in_the_unpacking(self):
+    """Each warpgroup rewrites its unpacked SMEM slot every K step while
+    ``wgmma`` reads it asynchronously: the interpreter's race detector
+    checks the fence and waits between the two."""
+    a = b = Int4Operand((32, 32), packed=True)
+    args = _operands(a, b, self.race_shape, 3)
+    out = type(self).kernel(*args, a=a, b=b, interpret=race_detector())
+    np.testing.assert_array_equal(
+      np.asarray(out), np.asarray(int4_matmul_reference(*args, a=a, b=b))
+    )
+    assert not races_found()
+
+
+class TestPallasInt4Matmul(Int4MatmulTestBase):
+  kernel = staticmethod(portable.int4_matmul)
+  # Every storage with 32 x 32 blocks; the op's layouts with per-tensor
+  # scales and 16 x 16 blocks (bf16 MMAs on exact integers).
+  matching_cases = _named(
+    _pairs(STORAGES, [(32, 32)])
+    + [(tile, a, b) for tile in (None, (16, 16)) for a, b in OP_LAYOUTS]
   )
 
 
-@pytest.mark.parametrize("a_storage, b_storage", OP_LAYOUTS, ids=str)
-@pytest.mark.parametrize("tile", [None, (16, 16)], ids=str)
-def test_op_layouts(tile, a_storage, b_storage):
-  """Per-tensor scales, and 16 x 16 blocks (bf16 MMAs on exact integers)."""
-  _assert_matches(
-    Int4Operand(tile, *a_storage), Int4Operand(tile, *b_storage), 1
+class TestMosaicInt4Matmul(Int4MatmulTestBase):
+  """The Hopper kernel, in the Mosaic GPU interpreter without a GPU."""
+
+  kernel = staticmethod(mosaic.int4_matmul)
+  # K-major operands, every scale tile it takes; M, N, K span several CTA
+  # tiles and K steps with ragged tails (K = 416: three 128-wide steps and a
+  # tail, padded to a multiple of 128 for the packed operands' TMA tiles).
+  bmnk = (2, 200, 300, 416)
+  matching_cases = _named(
+    _pairs(K_MAJOR, [None, (32, 32), (128, 128)])
+    + [((64, 64), (True, False), (True, False))]
   )
-
-
-def test_bad_input():
-  a, b = Int4Operand(), Int4Operand(packed=True)
-  q = jnp.zeros((1, 8, 16), jnp.int8)
-  s = jnp.ones((1, 1, 1), jnp.float32)
-  with pytest.raises(
-    ValueError, match="b_q has shape .* expected a 3-D array of uint8"
-  ):
-    int4_matmul(q, s, q, s, a=a, b=b)
-  with pytest.raises(ValueError, match="same B and K"):
-    int4_matmul(q, s, jnp.zeros((1, 8, 16), jnp.uint8), s, a=a, b=b)
-  with pytest.raises(ValueError, match="a_s has shape \\(1, 1, 1\\)"):
-    blocks, wide = Int4Operand((32, 32)), jnp.zeros((1, 64, 64), jnp.int8)
-    int4_matmul(wide, s, wide, s, a=blocks, b=blocks)
-  eight, q8 = Int4Operand((8, 8)), jnp.zeros((1, 8, 8), jnp.int8)
-  with pytest.raises(NotImplementedError, match="S in"):
-    int4_matmul(q8, s, q8, s, a=eight, b=eight)
-  with pytest.raises(NotImplementedError, match="block sizes differ"):
-    int4_matmul(q, s, q, s, a=Int4Operand((16, 16)), b=Int4Operand((32, 32)))
+  unsupported_cases = _named(
+    [
+      ((32, 32), (False, False), (True, True)),
+      ((32, 32), (True, True), (True, False)),
+      ((16, 16), (True, False), (True, False)),
+    ]
+  )
+  race_shape = None if ON_GPU else (1, 64, 64, 256)

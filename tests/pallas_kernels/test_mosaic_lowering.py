@@ -14,11 +14,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from pallas_kernels import tiles as T
 from pallas_kernels.backend import cuda_lowering
+from pallas_kernels.int4_matmul import Int4Operand
 from pallas_kernels.mosaic import TuningConfig, default_config
 from pallas_kernels.mosaic import quantize as mosaic_quantize
 from pallas_kernels.mosaic._config import CANDIDATE_KERNELS, candidate_configs
 from pallas_kernels.mosaic.fp8_matmul import fp8_matmul
+from pallas_kernels.mosaic.int4_matmul import int4_matmul
 from pallas_kernels.mosaic.int8_matmul import int8_block_matmul
 from tests.pallas_kernels.kernel_support import E4M3, E5M2, fp8_scale_shape
 
@@ -97,6 +100,42 @@ def test_fp8_matmul_lowers(case):
   assert _lowers(fp8_matmul, *args, **kw)
 
 
+def _int4_args(shape, tile, a_packed, b_packed):
+  """Zero codes (uint8 packed or int8) and unit scales, K-major."""
+  b, m, n, k = shape
+  args = []
+  for rows, packed in ((m, a_packed), (n, b_packed)):
+    codes = (b, rows, k // 2 if packed else k)
+    args += [
+      jnp.zeros(codes, jnp.uint8 if packed else jnp.int8),
+      jnp.ones(T.scale_shape((b, rows, k), tile), jnp.float32),
+    ]
+  return args
+
+
+@pytest.mark.parametrize(
+  "tile", [None, (32, 32), (64, 64), (128, 128)], ids=str
+)
+@pytest.mark.parametrize("packed", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("shape", [SHAPE, RAGGED], ids=["aligned", "ragged"])
+def test_int4_matmul_lowers(tile, packed, shape):
+  """Every scale tile and INT4/int8 mix of the Hopper INT4 GEMM (bf16 out,
+  as the op asks)."""
+  a, b = Int4Operand(tile, packed[0]), Int4Operand(tile, packed[1])
+  args = _int4_args(shape, tile, *packed)
+  assert _lowers(int4_matmul, *args, a=a, b=b, out_dtype=jnp.bfloat16)
+
+
+def test_int4_b_needs_whole_unpacking_bands():
+  config = dataclasses.replace(
+    default_config(promoted=True, n_sub=1, out_itemsize=4), tile_n=96
+  )
+  packed = Int4Operand((128, 128), packed=True)
+  args = _int4_args(SHAPE, (128, 128), True, True)
+  with pytest.raises(ValueError, match="tile_n must be a multiple of 64"):
+    _lowers(int4_matmul, *args, a=packed, b=packed, config=config)
+
+
 def test_ragged_shapes_lower():
   assert _lowers(int8_block_matmul, *_int8_args(RAGGED, 32), block=32)
   args = _fp8_args(RAGGED, None, None, E4M3)
@@ -132,6 +171,12 @@ def test_default_configs_fit_the_hardware():
       config = default_config(promoted=promoted, n_sub=n_sub, out_itemsize=size)
       assert isinstance(config, TuningConfig)
       assert config.max_concurrent_steps >= 3
+  for packed in ((True, True), (False, True), (True, False)):  # INT4 slots
+    for promoted, n_sub in ((True, 4), (True, 1), (False, 1)):
+      config = default_config(
+        promoted=promoted, n_sub=n_sub, out_itemsize=2, packed=packed
+      )
+      assert config.max_concurrent_steps >= 3, (packed, promoted, config)
   for n_sub in (4, 1):  # the INT8-out epilogue stages its tiles in SMEM
     config = default_config(
       promoted=True, n_sub=n_sub, out_itemsize=4, requantize=True

@@ -88,7 +88,7 @@ def test_llama_train_step_lowers_for_cuda_with_gpu_kernels():
 def test_int4_train_step_lowers_for_cuda(recipe):
   # On a GPU, INT4 picks the "pallas" kernels (Triton): the fused Hadamard
   # quantizer, the bit split and the unpack-in-kernel INT8-tensor-core GEMMs
-  # (no Mosaic GPU INT4 kernels yet), with no host call left.
+  # (the "mosaic" implementation does not exist yet), with no host call left.
   calls, gemms = _lowered_step(recipe, "adamw")
   quantized = [r for r in gemms.records if r.quantized]
   assert {r.implementation for r in quantized} == {"pallas"}, gemms
