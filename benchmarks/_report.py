@@ -103,9 +103,33 @@ def _cell(row) -> str:
   return f"{1e3 * row['median_s']:.3f} ms{tail}"
 
 
+def _gemm_table(rows: list[dict]) -> list[str]:
+  """Rows of mode "gemm": one GEMM kernel alone on ready codes, against the
+  bf16 GEMM of the same shape."""
+  if not rows:
+    return []
+  out = [
+    "",
+    "| GEMM kernel alone | shape | impl | ms | TFLOP/s | % peak |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    name = r["recipe"] or "bf16 (XLA)"
+    if r["status"] == "ok":
+      out.append(
+        f"| {name} | {r['shape']} | {r['impl']} | {_cell(r)} | "
+        f"{r['tflops']:.0f} | {r['pct_peak']:.0f}% |"
+      )
+    else:
+      out.append(
+        f"| {name} | {r['shape']} | {r['impl']} | {_cell(r)} | - | - |"
+      )
+  return out
+
+
 def markdown(result: dict, info: dict) -> str:
   """GEMM table (ms and speed-up per mode), quantize table, targets."""
-  rows = result["rows"]
+  rows = [r for r in result["rows"] if r["mode"] != "gemm"]
   keys = []
   for r in rows:
     key = (r["shape"], r["recipe"], r["impl"])
@@ -131,6 +155,7 @@ def markdown(result: dict, info: dict) -> str:
       else f"| {shape} | {recipe or '-'} | {impl} | {_cell(fwd)} | "
       f"{_cell(both)} | - | - | - |"
     )
+  out += _gemm_table([r for r in result["rows"] if r["mode"] == "gemm"])
   copy = result["copy"]
   out += [
     "",

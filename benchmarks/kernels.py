@@ -8,7 +8,9 @@ Linear ``y = x . w``, times the forward and the forward + backward
 * ``xla_fp8``: XLA's own FP8 path, per-tensor scales fused into cuBLASLt;
 * our ``quantized_dot_general`` per recipe (``jetfire_int8`` blocks 32 and
   128, ``fp8_current``, ``fp8_block``) and implementation (``xla``,
-  ``pallas``, ``mosaic``), quantization included.
+  ``pallas``, ``mosaic``), quantization included;
+* the INT4 op and, in mode ``gemm``, its GEMM kernels alone
+  (``benchmarks/_int4_rows.py``).
 
 Each figure is the median of many synchronized calls after warm-up, with
 min/max; TFLOP/s counts 2MKN per GEMM (3 GEMMs with the backward) against
@@ -36,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from benchmarks import _report
+from benchmarks import _int4_rows, _report
 from benchmarks._results import RESULTS, write_results
 from benchmarks._sweep import sweep
 from benchmarks._timing import (
@@ -64,8 +66,9 @@ RECIPES = {
   "fp8_current": fp8_current(),
   "fp8_block": fp8_block(),
 }
+ALL_RECIPES = (*RECIPES, *_int4_rows.RECIPES, *_int4_rows.GEMMS)
 IMPLEMENTATIONS = ("xla", "pallas", "mosaic")
-MODES = ("fwd", "fwd_bwd")
+MODES = ("fwd", "fwd_bwd", _int4_rows.GEMM_MODE)
 TARGET_SHAPE = "llama7b_mlp_up"
 # Quantize calls per timed loop: a ~30 us kernel then runs ~1.5 ms per sync.
 QUANTIZE_REPEATS = 50
@@ -77,6 +80,8 @@ def _linear(recipe: str | None, impl: str):
     return lambda x, w: lax.dot_general(x, w, DIMS)
   if impl == "xla_fp8":
     return xla_fp8_matmul
+  if recipe in _int4_rows.RECIPES:
+    return _int4_rows.linear(recipe, impl)
   config = RECIPES[recipe]
   return lambda x, w: quantized_dot_general(
     x, w, DIMS, config=config, implementation=impl, seed=0
@@ -110,8 +115,13 @@ def _cases(table: list[Shape], recipes, impls, modes, smoke: bool):
   (``bf16``, ``xla_fp8``) and of ``mosaic`` per recipe; then the same
   forward only; then the other shapes' forward + backward baselines and
   ``mosaic``; then every other implementation at the target shape (a smoke
-  run takes every row of its one shape).
+  run takes every row of its one shape). The INT4 rows (the op, then its
+  GEMM kernels alone) follow the target shape's ``mosaic`` rows.
   """
+  int4 = [r for r in recipes if _int4_rows.is_int4(r)]
+  recipes = [r for r in recipes if not _int4_rows.is_int4(r)]
+  int4_impls = [i for i in impls if i in available_implementations()]
+  all_modes, modes = modes, [m for m in modes if m != _int4_rows.GEMM_MODE]
   impls = [i for i in impls if i in available_implementations()]
   first = [i for i in impls if i == "mosaic"]
   later = [i for i in impls if i != "mosaic"]
@@ -131,6 +141,8 @@ def _cases(table: list[Shape], recipes, impls, modes, smoke: bool):
   for s in target:
     for mode in ordered:
       yield from rows(s, mode, first)
+  for s in target:
+    yield from _int4_rows.cases(s, all_modes, int4, int4_impls)
   for s in others:
     if "fwd_bwd" in modes:
       yield from rows(s, "fwd_bwd", first)
@@ -141,18 +153,25 @@ def _cases(table: list[Shape], recipes, impls, modes, smoke: bool):
 
 def _measure_case(m, k, n, recipe, impl, mode, *, warmup, iters):
   x, w, g = _inputs(m, k, n)
-  if impl not in ("bf16", "xla_fp8"):
-    try:
-      _dispatch.resolve(impl, RECIPES[recipe])
-    except NotImplementedError as e:
-      return {"status": f"unsupported: {e}"}
-  program = _program(_linear(recipe, impl), mode)
-  args = (x, w) if mode == "fwd" else (x, w, g)
+  if mode == _int4_rows.GEMM_MODE:
+    program, args = (
+      (jax.jit(_int4_rows.bf16_gemm), (x, w))
+      if impl == "bf16"
+      else _int4_rows.gemm_program(recipe, impl, m, k, n)
+    )
+  else:
+    program = _program(_linear(recipe, impl), mode)
+    args = (x, w) if mode == "fwd" else (x, w, g)
   start = time.perf_counter()
-  compiled = program.lower(*args).compile()
+  try:
+    if recipe in RECIPES and impl not in ("bf16", "xla_fp8"):
+      _dispatch.resolve(impl, RECIPES[recipe])
+    compiled = program.lower(*args).compile()
+  except NotImplementedError as e:
+    return {"status": f"unsupported: {e}"}
   compile_s = time.perf_counter() - start
   timing = time_calls(compiled, args, warmup=warmup, iters=iters)
-  flops = 2 * m * k * n * (1 if mode == "fwd" else 3)
+  flops = 2 * m * k * n * (3 if mode == "fwd_bwd" else 1)
   peak = 990e12 if impl == "bf16" else 1979e12
   tflops = flops / timing["median_s"] / 1e12
   text = compiled.as_text()
@@ -189,6 +208,7 @@ def _quantize_rows(table, recipes, impls, *, warmup, iters, repeats, copy):
   implementation substitutes with another's quantizer are not timed twice.
   """
   rows = []
+  recipes = [r for r in recipes if r in RECIPES]  # INT4: its op rows only
   name, m, k = table[0].name, table[0].m, table[0].k
   x = _inputs(m, k, 8)[0].reshape(1, m, k)
   for impl in impls:
@@ -235,7 +255,7 @@ def run(
   budget_s: float,
   warmup: int,
   iters: int,
-  recipes=tuple(RECIPES),
+  recipes=ALL_RECIPES,
   impls=IMPLEMENTATIONS,
   modes=MODES,
   sweep_s: float = 0.0,
@@ -311,7 +331,7 @@ def main(argv=None) -> None:
   parser.add_argument("--sweep-s", type=float, default=None)
   parser.add_argument("--warmup", type=int, default=None)
   parser.add_argument("--iters", type=int, default=None)
-  parser.add_argument("--recipes", default=",".join(RECIPES))
+  parser.add_argument("--recipes", default=",".join(ALL_RECIPES))
   parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS))
   parser.add_argument("--modes", default=",".join(MODES))
   args = parser.parse_args(argv)

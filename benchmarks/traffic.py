@@ -62,6 +62,7 @@ RECIPES = {
 # K: 7 is 128, what the search picks for most layers of the demo GPT) and
 # LSQ steps of 0.1 and 0.01.
 INT4_BLOCK_INDEX = 7
+INT4_STEPS = (0.1, 0.01)
 # Roofline assumptions (a prediction, stated here): dense peaks, the
 # fraction of peak each GEMM kernel is assumed to reach (cuBLAS bf16 as
 # usually measured; ours from the Hopper review's ranges, mid-points), the
@@ -202,7 +203,7 @@ def compile_step(config, m: int, k: int, n: int) -> str:
         DIMS,
         config=config,
         block_index=INT4_BLOCK_INDEX,
-        steps=jnp.array([0.1, 0.01], jnp.float32),
+        steps=jnp.array(INT4_STEPS, jnp.float32),
         seed=0,
       )
     return quantized_dot_general(x, w, DIMS, config=config, seed=0)

@@ -100,3 +100,53 @@ def test_time_in_loop_runs_every_call():
   t = time_in_loop(fn, jnp.ones((8, 8)), repeats=3, warmup=0, iters=2)
   assert t["repeats"] == 3 and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
   assert calls == [1, 1]  # traced once by eval_shape, once in the loop body
+
+
+def test_int4_rows_follow_the_target_mosaic_rows():
+  """The INT4 op (kernels first) and its GEMM kernels alone come right after
+  the target shape's ``mosaic`` rows, before the other shapes."""
+  table = [s for s in kernels.shapes("bench")]
+  all_cases = kernels._cases(
+    table, list(kernels.ALL_RECIPES), kernels.IMPLEMENTATIONS, kernels.MODES,
+    smoke=False,
+  )  # fmt: skip
+  cases = list(all_cases)
+  first_int4 = next(i for i, c in enumerate(cases) if c[4] == "int4_hq")
+  assert all(c[5] in ("bf16", "xla_fp8", "mosaic") for c in cases[:first_int4])
+  assert all(c[0] == kernels.TARGET_SHAPE for c in cases[:first_int4])
+  int4 = [c for c in cases if c[4] and c[4].startswith("int4")]
+  assert int4[0][4:] == ("int4_hq", "pallas", "fwd_bwd")
+  assert {c[0] for c in int4} == {kernels.TARGET_SHAPE}
+  gemm = [c for c in cases if c[-1] == "gemm"]
+  assert gemm[0][4:] == (None, "bf16", "gemm")  # the baseline of the ratios
+  assert {c[5] for c in gemm[1:]} <= {"mosaic", "pallas"}
+  assert len(cases) == len(set(cases))
+
+
+def test_int4_smoke_rows(tmp_path):
+  """The INT4 op's forward and one GEMM kernel alone, interpreted: every
+  row runs or says why not (the op has no "mosaic" implementation)."""
+  kernels.main(
+    [
+      "--smoke",
+      "--out",
+      str(tmp_path),
+      "--recipes",
+      "int4_hq_b32,int4_gemm_b32",
+      "--modes",
+      "fwd,gemm",
+      "--impls",
+      "pallas,mosaic",
+    ]
+  )
+  (json_path,) = tmp_path.glob("smoke_*.json")
+  rows = json.loads(json_path.read_text())["rows"]
+  status = {(r["recipe"], r["impl"], r["mode"]): r["status"] for r in rows}
+  assert status[("int4_hq_b32", "pallas", "fwd")] == "ok"
+  assert (
+    "no 'mosaic' implementation" in status[("int4_hq_b32", "mosaic", "fwd")]
+  )
+  for impl in ("mosaic", "pallas"):
+    assert status[("int4_gemm_b32", impl, "gemm")] == "ok"
+  assert status[(None, "bf16", "gemm")] == "ok"
+  assert "GEMM kernel alone" in json_path.with_suffix(".md").read_text()
