@@ -57,7 +57,11 @@ RECIPES = {
   "int4_hq": get_recipe("int4_hq"),
   "int4_hq_b32": get_recipe("int4_hq_b32"),
   "int4_hq_b16": get_recipe("int4_hq_b16"),
+  "int4_hq_b32_mosaic": get_recipe("int4_hq_b32"),
 }
+# Rows that ask for an implementation (the others take implementation=None:
+# what a GPU picks).
+IMPLEMENTATION = {"int4_hq_b32_mosaic": "mosaic"}
 # INT4 runs with a fixed Hadamard block (index into the candidates dividing
 # K: 7 is 128, what the search picks for most layers of the demo GPT) and
 # LSQ steps of 0.1 and 0.01.
@@ -80,6 +84,11 @@ GEMM_FRACTION = {
   "int4_hq_b32": 0.30,
   # 16 x 16 blocks promote every 16 of K, as bf16 MMAs (exact on the codes).
   "int4_hq_b16": 0.20,
+  # The Hopper INT4 GEMM: wgmma, but a promotion every 32 of K (at most 50%
+  # of the INT8 peak by the ceiling in pallas_kernels/mosaic/_gemm.py) and
+  # SMEM traffic doubled by the unpacking (~0.7x): a guess between the
+  # 32-block and the 128-block INT8 kernels.
+  "int4_hq_b32_mosaic": 0.25,
 }
 COPY_BYTES_PER_S = 4.3e12
 LAUNCH_S = 4e-6
@@ -96,9 +105,10 @@ EXTRA_BYTES_BOUND = {
   "int4_hq": 2.95e9,
   "int4_hq_b32": 1.25e9,
   "int4_hq_b16": 1.35e9,
+  "int4_hq_b32_mosaic": 1.6e9,
 }
 _BYTES = {
-  "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2,
+  "s4": 0.5, "u4": 0.5, "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2,
   "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8,
   "s64": 8, "u64": 8, "token": 0,
 }  # fmt: skip
@@ -111,9 +121,11 @@ _FREE = {
 
 
 def _nbytes(shape_text: str) -> int:
-  return sum(
-    _BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-    for dtype, dims in _ARRAY.findall(shape_text)
+  return int(
+    sum(
+      _BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+      for dtype, dims in _ARRAY.findall(shape_text)
+    )
   )
 
 
@@ -129,8 +141,10 @@ def _kind(opcode: str, rest: str) -> str:
 
 
 def _is_gemm(kind: str, op_name: str) -> bool:
+  """A GEMM kernel: a kernel call inside our GEMM's scope (its XLA fusions
+  there, such as transposes of codes, are not), or XLA's own GEMM."""
   return (
-    "lowprec_gemm" in op_name
+    ("lowprec_gemm" in op_name and not kind.startswith("fusion"))
     or "gemm" in kind
     or kind.startswith("__cublas")
     or "dot" in kind
@@ -182,7 +196,7 @@ def _short(op_name: str) -> str:
   return re.sub(r"lowprec\[[^\]]*\]", "lowprec[..]", op_name)[-120:]
 
 
-def compile_step(config, m: int, k: int, n: int) -> str:
+def compile_step(config, m: int, k: int, n: int, implementation=None) -> str:
   """Optimized HLO of y = x w and its two gradients, compiled for an H200."""
   topology = topologies.get_topology_desc(
     platform="cuda", target_config=TARGET.read_text(), topology="1x1x1"
@@ -205,8 +219,11 @@ def compile_step(config, m: int, k: int, n: int) -> str:
         block_index=INT4_BLOCK_INDEX,
         steps=jnp.array(INT4_STEPS, jnp.float32),
         seed=0,
+        implementation=implementation,
       )
-    return quantized_dot_general(x, w, DIMS, config=config, seed=0)
+    return quantized_dot_general(
+      x, w, DIMS, config=config, seed=0, implementation=implementation
+    )
 
   def step(x, w, g):
     y, vjp = jax.vjp(linear, x, w)
@@ -246,7 +263,7 @@ def measure(shape_name: str) -> dict:
   m, k, n = shape.m, shape.k, shape.n
   rows, details = [], {}
   for name, config in RECIPES.items():
-    found = ledger(compile_step(config, m, k, n))
+    found = ledger(compile_step(config, m, k, n, IMPLEMENTATION.get(name)))
     rows.append(summarize(name, found, m, k, n))
     details[name] = found
     print(rows[-1], flush=True)

@@ -143,8 +143,8 @@ def _gemm(role, plan, formats, a: GemmOperand, b: GemmOperand, out_dtype):
     implementation=impl,
     lhs_format=formats[0],
     rhs_format=formats[1],
-    lhs_quantizer=impl,
-    rhs_quantizer=impl,
+    lhs_quantizer=plan.implementation.quantizer,
+    rhs_quantizer=plan.implementation.quantizer,
     shape=f"{bsz}x{m}x{n}x{k}",
   )
   with jax.named_scope(str(tag)):
@@ -360,25 +360,16 @@ def int4_dot_general(
       ``scale="lsq"`` (:class:`lowprec_jax.nn.QuantDotGeneral` learns them);
       ignored for "absmax".
     seed: required: an int, a uint32 scalar or a PRNG key.
-    implementation: "pallas", "xla", a sequence of them, or None (on a
-      GPU pallas then xla, elsewhere xla): see
-      :mod:`lowprec_jax.ops._int4_implementation`. "mosaic" raises: of
-      its kernels only the forward GEMM exists
-      (:mod:`pallas_kernels.mosaic.int4_matmul`).
+    implementation: "pallas", "mosaic", "xla", a sequence of them, or None
+      (on a GPU pallas then xla, elsewhere xla): see
+      :mod:`lowprec_jax.ops._int4_implementation` ("mosaic": the Hopper
+      INT4 GEMMs with the portable quantizers).
 
   Returns:
     An array of shape ``batch + lhs_free + rhs_free``.
   """
   if not isinstance(config, Int4Config):
     raise ValueError(f"config must be an Int4Config, got {config!r}")
-  if implementation == "mosaic":
-    raise NotImplementedError(
-      "int4_dot_general has no 'mosaic' implementation yet: the Hopper "
-      "INT4 GEMM (pallas_kernels.mosaic.int4_matmul) takes K-major operands "
-      "only, and the fused Hadamard quantizer, the bit split and the "
-      "backward's transposed GEMMs have no Mosaic GPU kernels; available: "
-      f"{INT4_GEMMS.names}"
-    )
   impl = INT4_GEMMS.resolve(implementation, config, f"config {config.name!r}")
   check_float_array("lhs", lhs)
   check_float_array("rhs", rhs)

@@ -1,4 +1,5 @@
-"""The implementations of ``int4_dot_general``: ``"xla"`` and ``"pallas"``.
+"""The implementations of ``int4_dot_general``: ``"xla"``, ``"pallas"``
+and ``"mosaic"``.
 
 Each runs the three kernels of INT4 training on canonical tensors, with the
 same bits (the ``"pallas"`` kernels run the reference's own functions on
@@ -24,12 +25,20 @@ A :class:`GemmOperand` is stored as the producer wrote it (packed along K,
 or the ``c = 14 hi + lo`` codes as (B, M, N)); a backward GEMM reads it
 **transposed** (contraction-major) instead of transposing it in memory.
 
+``"mosaic"`` is ``"pallas"`` with the GEMMs on the Hopper INT4 GEMM
+(:mod:`pallas_kernels.mosaic.int4_matmul`: packed tiles by TMA, unpacked to
+int8 in SMEM, int8 ``wgmma``; the backward's transposed operands are
+transposed by XLA first). Its quantizers are the portable kernels: there
+are no Mosaic GPU Hadamard or bit-split kernels, and the census says so
+(each GEMM's operands are "quantized by pallas").
+
 ``"pallas"`` needs per-tensor or S x S scales with S in
-:data:`pallas_kernels.int4_matmul.INT4_GEMM_BLOCKS`; asking for it with
-another config raises (:meth:`Int4Implementation.unsupported_reason`).
-There are no Mosaic GPU INT4 kernels yet. ``implementation=None`` picks
-``"pallas"`` then ``"xla"`` on a GPU and ``"xla"`` elsewhere (the kernels
-run interpreted on a CPU, which is for tests).
+:data:`pallas_kernels.int4_matmul.INT4_GEMM_BLOCKS` (``"mosaic"``: S of 32
+or more); asking for either with another config raises
+(:meth:`Int4Implementation.unsupported_reason`). ``implementation=None``
+picks ``"pallas"`` then ``"xla"`` on a GPU and ``"xla"`` elsewhere (the
+kernels run interpreted on a CPU, which is for tests); ``"mosaic"`` only
+when asked for, until an H200 has timed it.
 """
 
 import abc
@@ -61,6 +70,7 @@ from pallas_kernels.int4_matmul import (
 from pallas_kernels.int4_matmul import (
   unsupported_reason as gemm_unsupported_reason,
 )
+from pallas_kernels.mosaic import int4_matmul as mosaic_gemm
 from pallas_kernels.split_quantize import (
   split_quantize,
   split_quantize_blocks,
@@ -112,6 +122,12 @@ class Int4Implementation(Implementation):
 
   def unsupported_reason(self, request: Int4Config) -> str | None:
     return None
+
+  @property
+  def quantizer(self) -> str:
+    """The implementation whose kernels quantize here (the census's
+    "quantized by")."""
+    return self.name
 
   def rotate_quantize(
     self, x: Array, index: Array, candidates, step, config, transposed=False
@@ -238,6 +254,9 @@ class Int4Pallas(Int4Implementation):
 
   name: str = "pallas"
 
+  # Why the GEMM kernel cannot multiply two operand layouts (None: it can).
+  gemm_unsupported_reason = staticmethod(gemm_unsupported_reason)
+
   def unsupported_reason(self, request: Int4Config) -> str | None:
     if request.scale == "absmax" and request.block is None:
       return (
@@ -247,8 +266,8 @@ class Int4Pallas(Int4Implementation):
     layout = Int4Operand(request.format.tile)
     if request.split_block is not None:
       split = request.split_block
-      return gemm_unsupported_reason(Int4Operand((split, split)), layout)
-    return gemm_unsupported_reason(layout, layout)
+      return self.gemm_unsupported_reason(Int4Operand((split, split)), layout)
+    return self.gemm_unsupported_reason(layout, layout)
 
   def _rotate(self, x, block, out_dtype, transposed_out):
     return hadamard_rotate(
@@ -279,8 +298,22 @@ class Int4Pallas(Int4Implementation):
   gemm = staticmethod(int4_matmul)
 
 
+@dataclasses.dataclass(frozen=True)
+class Int4Mosaic(Int4Pallas):
+  """The portable quantizers and the Hopper INT4 GEMM (module docstring)."""
+
+  name: str = "mosaic"
+
+  @property
+  def quantizer(self) -> str:
+    return "pallas"
+
+  gemm_unsupported_reason = staticmethod(mosaic_gemm.unsupported_reason)
+  gemm = staticmethod(mosaic_gemm.int4_matmul)
+
+
 INT4_GEMMS = ImplementationRegistry(
   op="int4_dot_general",
-  implementations=(Int4Pallas(), Int4Xla()),
+  implementations=(Int4Pallas(), Int4Mosaic(), Int4Xla()),
   auto={"gpu": ("pallas", "xla")},
 )

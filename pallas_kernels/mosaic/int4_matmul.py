@@ -13,22 +13,29 @@ sum all of K in int32 and rescale once), so it agrees with the ``"xla"`` and
 ``"pallas"`` implementations bit for bit.
 
 Packed operands travel as ``jnp.int4`` arrays (:func:`as_int4_array`: the
-same bytes), are streamed by TMA at half the bytes of int8 and unpacked to
-int8 in SMEM by each compute warpgroup before an s8 x s8 -> s32 ``wgmma``
+same bytes; compiled for an H200 the conversion is an HLO ``bitcast``, no
+kernel), are streamed by TMA at half the bytes of int8 and unpacked to int8
+in SMEM by each compute warpgroup before an s8 x s8 -> s32 ``wgmma``
 (``_gemm``: the H200 has no INT4 tensor-core instruction, so INT4 buys
 bytes, not FLOPs).
 
-Not here yet (``NotImplementedError``, see :func:`unsupported_reason`):
-operands stored transposed (``(B, K, R)``, what the backward GEMMs read: the
-8-bit ``wgmma`` needs K-major SMEM tiles, so they need an in-kernel
-transpose) and 16 x 16 blocks (a K chunk shorter than the int8 ``wgmma``'s
-32).
+An operand stored **transposed** (``(B, K, R)``: what the backward GEMMs
+read, the forward's saved codes) is transposed by XLA first, as ``int4`` or
+int8 codes (one read and one write of the codes: half a byte per element
+for INT4), because the 8-bit ``wgmma`` reads only K-major SMEM tiles and
+Mosaic GPU on jax 0.11.2 cannot store an 8-bit register tile into a
+transposed SMEM view (its layout inference finds no layout). The Pallas
+kernel reads such operands where they lie instead.
+
+Not here (``NotImplementedError``, see :func:`unsupported_reason`): 16 x 16
+blocks (a K chunk shorter than the int8 ``wgmma``'s 32).
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from pallas_kernels import int4_matmul as portable
 from pallas_kernels import tiles
@@ -48,12 +55,6 @@ def unsupported_reason(a: Int4Operand, b: Int4Operand) -> str | None:
   if reason:
     return reason
   for side, op in (("a", a), ("b", b)):
-    if op.transposed:
-      return (
-        f"{side}: the Hopper INT4 GEMM reads K-major operands only; "
-        f"{side} is stored transposed (B, K, R), which needs an in-kernel "
-        "transpose of 8-bit tiles that this kernel does not have yet"
-      )
     if op.tile is not None and op.tile[0] not in INT4_GEMM_BLOCKS:
       return (
         f"{side}: the Hopper INT4 GEMM promotes one int8 wgmma K chunk per "
@@ -98,8 +99,8 @@ def int4_matmul(
   reason = unsupported_reason(a, b)
   if reason:
     raise NotImplementedError(reason)
-  a_codes = as_int4_array(a_q) if a.packed else a_q
-  b_codes = as_int4_array(b_q) if b.packed else b_q
+  a_codes, a_s = _k_major(a_q, a_s, a)
+  b_codes, b_s = _k_major(b_q, b_s, b)
   kind = "x".join("int4" if op.packed else "int8" for op in (a, b))
   return scaled_matmul(
     a_codes,
@@ -113,3 +114,18 @@ def int4_matmul(
     config=config,
     name=f"lpj_mosaic_{kind}_matmul",
   )
+
+
+def _k_major(codes, scale, op: Int4Operand):
+  """(int4 or int8 codes (B, R, K), scales) of an operand stored as ``op``
+  (a transposed one is transposed here, by XLA: see the module docstring)."""
+  if op.transposed and op.packed:
+    # Without the barrier XLA merges this bitcast with the forward GEMM's
+    # and lays the shared int4 array out transposed, so that the forward
+    # then transposes it back: two passes where one is needed.
+    codes = lax.optimization_barrier(codes)
+  if op.packed:
+    codes = as_int4_array(codes)
+  if op.transposed:
+    codes, scale = jnp.swapaxes(codes, 1, 2), jnp.swapaxes(scale, 1, 2)
+  return codes, scale

@@ -29,9 +29,15 @@ MODEL = GPTConfig(seq_len=64, d_model=128, n_layers=1, n_heads=2)
 QUANTIZED_GEMMS = 12  # 4 block Linears x (fwd, dlhs, drhs)
 
 
-def _lowered_step(recipe: str, optimizer: str, model: GPTConfig = MODEL):
+def _lowered_step(
+  recipe: str, optimizer: str, model: GPTConfig = MODEL, implementation=None
+):
   cfg = loop.TrainConfig(
-    recipe=recipe, optimizer=optimizer, model=model, batch_size=2
+    recipe=recipe,
+    optimizer=optimizer,
+    model=model,
+    batch_size=2,
+    implementation=implementation,
   )
   graphdef, state, _ = loop.build(cfg)
   train_step, _ = loop.make_steps(graphdef)
@@ -88,7 +94,7 @@ def test_llama_train_step_lowers_for_cuda_with_gpu_kernels():
 def test_int4_train_step_lowers_for_cuda(recipe):
   # On a GPU, INT4 picks the "pallas" kernels (Triton): the fused Hadamard
   # quantizer, the bit split and the unpack-in-kernel INT8-tensor-core GEMMs
-  # (the "mosaic" implementation does not exist yet), with no host call left.
+  # (the "mosaic" one is asked for by name), with no host call left.
   calls, gemms = _lowered_step(recipe, "adamw")
   quantized = [r for r in gemms.records if r.quantized]
   assert {r.implementation for r in quantized} == {"pallas"}, gemms
@@ -98,4 +104,19 @@ def test_int4_train_step_lowers_for_cuda(recipe):
   fwd = sum(r.count for r in quantized if r.role == "fwd")
   assert fwd == QUANTIZED_GEMMS // 3, gemms
   assert calls["__gpu$xla.gpu.triton"] >= QUANTIZED_GEMMS, calls
+  assert not [c for c in calls if "callback" in c], calls
+
+
+def test_int4_mosaic_train_step_lowers_for_cuda():
+  """implementation="mosaic": every INT4 GEMM a Mosaic GPU kernel, the
+  quantizers Triton kernels, and the census says who quantized."""
+  calls, gemms = _lowered_step("int4_hq_b32", "adamw", implementation="mosaic")
+  quantized = [r for r in gemms.records if r.quantized]
+  assert {r.implementation for r in quantized} == {"mosaic"}, gemms
+  assert {(r.lhs_quantizer, r.rhs_quantizer) for r in quantized} == {
+    ("pallas", "pallas")
+  }, gemms
+  assert sum(r.count for r in quantized) == QUANTIZED_GEMMS, gemms
+  assert calls["mosaic_gpu_v2"] >= QUANTIZED_GEMMS, calls
+  assert calls["__gpu$xla.gpu.triton"] >= 1, calls
   assert not [c for c in calls if "callback" in c], calls
