@@ -5,7 +5,8 @@ Public API: :func:`quantized_dot_general`, :class:`DotQuantConfig`,
 :func:`jetfire_int8`, :func:`fp8_current`, :func:`fp8_block`,
 :func:`coat_fp8`, :func:`get_recipe`, ``RECIPES``), :func:`census` and
 INT4 training (:func:`int4_dot_general`, :class:`Int4Config`,
-:func:`int4_hq`, :func:`int4_hq_b32`, :func:`int4_hq_b16`);
+:func:`int4_hq`, :func:`int4_hq_b32`, :func:`int4_hq_b16`,
+:func:`int4_hq_released`);
 ``RESIDUAL_NAMES``; and the non-linear ops that save a quantized copy of
 their input for the backward pass, :func:`layer_norm` and :func:`gelu`
 (``COAT_SAVED_ACTIVATIONS``, ``ACTIVATION_RESIDUAL_NAMES``).
@@ -31,6 +32,7 @@ from lowprec_jax.ops._int4_config import Int4Config as Int4Config
 from lowprec_jax.ops._int4_config import int4_hq as int4_hq
 from lowprec_jax.ops._int4_config import int4_hq_b16 as int4_hq_b16
 from lowprec_jax.ops._int4_config import int4_hq_b32 as int4_hq_b32
+from lowprec_jax.ops._int4_config import int4_hq_released as int4_hq_released
 from lowprec_jax.ops._int4_dot import int4_dot_general as int4_dot_general
 from lowprec_jax.ops._recipes import (
   COAT_SAVED_ACTIVATIONS as COAT_SAVED_ACTIVATIONS,
@@ -66,6 +68,7 @@ __all__ = (
   "int4_hq",
   "int4_hq_b16",
   "int4_hq_b32",
+  "int4_hq_released",
   "jetfire_int8",
   "layer_norm",
   "quantized_dot_general",

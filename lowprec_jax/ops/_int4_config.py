@@ -19,6 +19,9 @@ sampling           "leverage": [hi; lo] rows,     "all": one INT8 GEMM on
                    budget N of 2N, static size    14 hi + lo
 =================  =============================  ===========================
 
+``int4_hq_released`` is ``int4_hq`` with every row kept, as the authors'
+released kernels run it (they skip the sampling).
+
 ``int4_hq_b16`` is ``int4_hq_b32`` with 16 x 16 blocks and the per-block
 clip search (``clip_candidates``): finer scales, a third less rounding
 error, a sixteenth of a bit more per element for the scales.
@@ -189,6 +192,15 @@ def int4_hq() -> Int4Config:
   """The paper's method: LSQ per-tensor INT4 with the Hadamard quantizer,
   faithful bit split and leverage-score sampling."""
   return Int4Config(name="int4_hq")
+
+
+def int4_hq_released() -> Int4Config:
+  """The paper's method as its released CUDA kernels run it: ``int4_hq``
+  with every row of the split kept (``sampling="all"``: their
+  leverage-score sampler is bypassed, ``p_i = 1`` for every non-zero row;
+  ``../shared/docs/methods.md`` section 3.3). One INT8 GEMM on
+  ``14 hi + lo`` instead of a sampled INT4 one: no sampling variance."""
+  return Int4Config(name="int4_hq_released", sampling="all")
 
 
 def int4_hq_b16() -> Int4Config:

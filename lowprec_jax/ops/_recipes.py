@@ -15,6 +15,8 @@ int4_hq_b32    INT4 32x32 blocks after a       bit split, every row (one INT8  R
                Hadamard rotation, both         GEMM on 14 hi + lo)             SR on g
 int4_hq_b16    INT4 16x16 blocks, clip-searched the same                       RTN fwd,
                scales, after a rotation, both                                  SR on g
+int4_hq_       as int4_hq                      bit split, every row (as the    RTN fwd,
+released                                       released kernels run it)        SR on g
 =============  ==============================  ==============================  =========
 
 The INT4 recipes are :class:`~lowprec_jax.ops.Int4Config` objects (see
@@ -37,6 +39,7 @@ from lowprec_jax.ops._int4_config import (
   int4_hq,
   int4_hq_b16,
   int4_hq_b32,
+  int4_hq_released,
 )
 
 
@@ -115,6 +118,7 @@ RECIPES: dict[str, Callable[[], DotQuantConfig | Int4Config]] = {
   "int4_hq": int4_hq,
   "int4_hq_b32": int4_hq_b32,
   "int4_hq_b16": int4_hq_b16,
+  "int4_hq_released": int4_hq_released,
 }
 
 

@@ -45,6 +45,7 @@ def test_recipes_are_what_the_docs_say():
     "int4_hq",
     "int4_hq_b32",
     "int4_hq_b16",
+    "int4_hq_released",
   }
   assert "fwd: int8_block32 x int8_block32" in jf.describe()
   hq, ours = get_recipe("int4_hq"), get_recipe("int4_hq_b32")
@@ -56,6 +57,10 @@ def test_recipes_are_what_the_docs_say():
     "all",
   )
   assert hq.needs_seed and "Hadamard along K" in hq.describe()
+  released = get_recipe("int4_hq_released")
+  assert released == dataclasses.replace(
+    hq, name="int4_hq_released", sampling="all"
+  )
   b16 = get_recipe("int4_hq_b16")
   assert (b16.block, b16.clip_candidates, b16.split, b16.sampling) == (
     16,
