@@ -68,13 +68,13 @@ fi
 TESTS=(tests/pallas_kernels/test_int8_matmul.py::TestMosaicInt8Matmul
   tests/pallas_kernels/test_fp8_matmul.py::TestMosaicFp8Matmul
   tests/pallas_kernels/test_quantize.py::TestMosaicQuantize
-  tests/pallas_kernels/test_int4_matmul.py::TestMosaicInt4Matmul
   tests/pallas_kernels/test_mosaic_lowering.py
   tests/ops/test_implementations.py::TestMosaicImplementation
   tests/pallas_kernels/test_quantize.py::TestPallasQuantize
   tests/pallas_kernels/test_int8_matmul.py::TestPallasInt8Matmul
   tests/pallas_kernels/test_fp8_matmul.py::TestPallasFp8Matmul
-  tests/ops/test_implementations.py::TestPallasImplementation)
+  tests/ops/test_implementations.py::TestPallasImplementation
+  tests/pallas_kernels/test_int4_matmul.py::TestMosaicInt4Matmul)
 phase tests 180 "$PY" -m pytest -q -rA -p no:cacheprovider "${TESTS[@]}"
 
 {

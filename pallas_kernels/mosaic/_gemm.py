@@ -278,12 +278,12 @@ def scaled_gemm(
     )
   )
   # Each compute warpgroup's int8 slots for the tiles it unpacks.
-  for name, rows, is_packed in (
+  for slot, rows, is_packed in (
     ("au_smem", c.wg_tile_m, packed[0]),
     ("bu_smem", c.tile_n, packed[1]),
   ):
     if is_packed:
-      scratch[name] = plgpu.SMEM(
+      scratch[slot] = plgpu.SMEM(
         (2, rows, c.tile_k), jnp.int8, transforms=_transforms(swizzle, 1)
       )
   semantics = _hw.compiler_params()

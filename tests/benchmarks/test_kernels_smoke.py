@@ -103,23 +103,31 @@ def test_time_in_loop_runs_every_call():
 
 
 def test_int4_rows_follow_the_target_mosaic_rows():
-  """The INT4 op (kernels first) and its GEMM kernels alone come right after
-  the target shape's ``mosaic`` rows, before the other shapes."""
+  """At the target shape, the INT4 op's forward + backward (kernels first)
+  and its GEMM kernels alone come right after the 8-bit forward + backward
+  rows, before any forward-only row; the op's forward after the 8-bit
+  forward."""
   table = [s for s in kernels.shapes("bench")]
   all_cases = kernels._cases(
     table, list(kernels.ALL_RECIPES), kernels.IMPLEMENTATIONS, kernels.MODES,
     smoke=False,
   )  # fmt: skip
   cases = list(all_cases)
-  first_int4 = next(i for i, c in enumerate(cases) if c[4] == "int4_hq")
-  assert all(c[5] in ("bf16", "xla_fp8", "mosaic") for c in cases[:first_int4])
-  assert all(c[0] == kernels.TARGET_SHAPE for c in cases[:first_int4])
-  int4 = [c for c in cases if c[4] and c[4].startswith("int4")]
-  assert int4[0][4:] == ("int4_hq", "pallas", "fwd_bwd")
-  assert {c[0] for c in int4} == {kernels.TARGET_SHAPE}
-  gemm = [c for c in cases if c[-1] == "gemm"]
+  is_int4 = lambda c: c[-1] == "gemm" or (c[4] or "").startswith("int4")  # noqa: E731
+  first_int4 = next(i for i, c in enumerate(cases) if is_int4(c))
+  head = cases[:first_int4]
+  assert {c[5] for c in head} == {"bf16", "xla_fp8", "mosaic"}
+  assert {(c[0], c[-1]) for c in head} == {(kernels.TARGET_SHAPE, "fwd_bwd")}
+  assert cases[first_int4][4:] == ("int4_hq_b32", "pallas", "fwd_bwd")
+  first_fwd = next(i for i, c in enumerate(cases) if c[-1] == "fwd")
+  block = cases[first_int4:first_fwd]
+  assert all(is_int4(c) for c in block)
+  assert {c[-1] for c in block} == {"fwd_bwd", "gemm"}
+  gemm = [c for c in block if c[-1] == "gemm"]
   assert gemm[0][4:] == (None, "bf16", "gemm")  # the baseline of the ratios
-  assert {c[5] for c in gemm[1:]} <= {"mosaic", "pallas"}
+  assert {c[5] for c in gemm[1:]} == {"mosaic", "pallas"}
+  int4 = [c for c in cases if is_int4(c)]
+  assert {c[0] for c in int4} == {kernels.TARGET_SHAPE}
   assert len(cases) == len(set(cases))
 
 

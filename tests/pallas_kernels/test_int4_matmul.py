@@ -184,16 +184,17 @@ class TestMosaicInt4Matmul(Int4MatmulTestBase):
   """The Hopper kernel, in the Mosaic GPU interpreter without a GPU."""
 
   kernel = staticmethod(mosaic.int4_matmul)
-  # Every storage with 32 x 32 blocks; K-major ones with the other scale
-  # tiles it takes; the op's layouts per tensor. M, N, K span several CTA
-  # tiles and K steps with ragged tails (K = 288: two 128-wide steps and a
-  # tail, padded to a multiple of 128 for the packed operands' TMA tiles).
+  # K-major operands (what the kernel itself reads) with every scale tile it
+  # takes; the op's transposed layouts (transposed by XLA before the
+  # kernel) with blocks and per tensor. M, N, K span several CTA tiles and
+  # K steps with ragged tails (K = 288: two 128-wide steps and a tail,
+  # padded to a multiple of 128 for the packed operands' TMA tiles).
   bmnk = (2, 136, 200, 288)
   matching_cases = _named(
-    _pairs(STORAGES, [(32, 32)])
-    + _pairs(K_MAJOR, [None, (128, 128)])
-    + [((64, 64), (True, False), (True, False))]
-    + [(None, a, b) for a, b in OP_LAYOUTS[1:]]
+    _pairs(K_MAJOR, [(32, 32)])
+    + [(None, a, b) for a, b in OP_LAYOUTS]
+    + [(tile, (True, False), (True, False)) for tile in ((64, 64), (128, 128))]
+    + [((32, 32), a, b) for a, b in OP_LAYOUTS[1:]]
   )
   unsupported_cases = _named([((16, 16), (True, False), (True, False))])
   race_shape = None if ON_GPU else (1, 64, 64, 256)
