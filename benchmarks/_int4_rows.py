@@ -19,9 +19,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from benchmarks.traffic import INT4_BLOCK_INDEX, INT4_STEPS
+from benchmarks.traffic import DIMS, INT4_BLOCK_INDEX, INT4_STEPS
 from lowprec_jax.ops import (
   int4_dot_general,
   int4_hq,
@@ -62,7 +61,7 @@ def linear(recipe: str, impl: str):
   return lambda x, w: int4_dot_general(
     x,
     w,
-    (((1,), (0,)), ((), ())),
+    DIMS,
     config=RECIPES[recipe],
     block_index=INT4_BLOCK_INDEX,
     steps=jnp.asarray(INT4_STEPS, jnp.float32),
@@ -85,10 +84,6 @@ def gemm_program(recipe: str, impl: str, m: int, k: int, n: int):
     GEMM_KERNELS[impl], a=op, b=op, out_dtype=jnp.bfloat16
   )
   return jax.jit(kernel), args
-
-
-def bf16_gemm(x, w):
-  return lax.dot_general(x, w, (((1,), (0,)), ((), ())))
 
 
 def cases(shape, modes, recipes, impls):

@@ -50,6 +50,7 @@ from benchmarks._timing import (
 )
 from benchmarks._xla_fp8 import xla_fp8_matmul
 from benchmarks.shapes import Shape, shapes
+from benchmarks.traffic import DIMS
 from lowprec_jax.ops import (
   _dispatch,
   available_implementations,
@@ -59,7 +60,6 @@ from lowprec_jax.ops import (
   quantized_dot_general,
 )
 
-DIMS = (((1,), (0,)), ((), ()))
 RECIPES = {
   "jetfire_int8": jetfire_int8(32),
   "jetfire_int8_b128": jetfire_int8(128),
@@ -161,7 +161,7 @@ def _measure_case(m, k, n, recipe, impl, mode, *, warmup, iters):
   x, w, g = _inputs(m, k, n)
   if mode == _int4_rows.GEMM_MODE:
     program, args = (
-      (jax.jit(_int4_rows.bf16_gemm), (x, w))
+      (jax.jit(_linear(None, "bf16")), (x, w))
       if impl == "bf16"
       else _int4_rows.gemm_program(recipe, impl, m, k, n)
     )

@@ -106,10 +106,6 @@ def _transforms(swizzle: int, itemsize: float):
   )
 
 
-def _itemsize(dtype) -> float:
-  return jnp.dtype(dtype).itemsize / (2 if dtype == jnp.int4 else 1)
-
-
 def out_swizzle(epi_tile_n: int, itemsize: int) -> int:
   """Swizzle of an epilogue tile (the TMA store needs N a multiple of it)."""
   return plgpu.find_swizzle(epi_tile_n * itemsize * 8, "epilogue tile")
